@@ -1,0 +1,102 @@
+"""Drop-in nn.Modules (DESIGN.md section 1)."""
+from typing import Optional
+
+import torch
+from torch import nn
+
+from fastgan import functional as FG
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d with a fused epilogue:
+    y = clamp(act(conv_transpose2d(x, w) + b) * gain, -clamp, clamp).
+
+    Subclasses nn.ConvTranspose2d, so the constructor, parameters, initialisation,
+    state_dict keys and argument errors are exactly PyTorch's.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
+                 device=None, dtype=None, *, activation: Optional[str] = None,
+                 negative_slope: float = 0.2, gain: float = 1.0, clamp: Optional[float] = None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding,
+                         groups, bias, dilation, padding_mode, device, dtype)
+        self.activation = activation
+        self.negative_slope = negative_slope
+        self.gain = gain
+        self.clamp = clamp
+
+    def forward(self, input: torch.Tensor, output_size=None) -> torch.Tensor:
+        if self.padding_mode != "zeros":
+            raise ValueError("Only \"zeros\" padding mode is supported for ConvTranspose2d")
+        num_spatial_dims = 2
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, num_spatial_dims, self.dilation)
+        return FG.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
+                                   output_padding, self.groups, self.dilation,
+                                   activation=self.activation, negative_slope=self.negative_slope,
+                                   gain=self.gain, clamp=self.clamp)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        if self.activation not in (None, "linear"):
+            s += f", activation={self.activation!r}"
+            if self.activation == "lrelu":
+                s += f", negative_slope={self.negative_slope}"
+        if self.gain != 1:
+            s += f", gain={self.gain}"
+        if self.clamp is not None:
+            s += f", clamp={self.clamp}"
+        return s
+
+
+class MinibatchStdDev(nn.Module):
+    """Appends the per-group mean standard deviation as num_channels extra channels
+    (ProGAN / StyleGAN2). See fastgan.functional.minibatch_stddev."""
+
+    def __init__(self, group_size: Optional[int] = 4, num_channels: int = 1, eps: float = 1e-8):
+        super().__init__()
+        self.group_size = group_size
+        self.num_channels = num_channels
+        self.eps = eps
+
+    def forward(self, x):
+        return FG.minibatch_stddev(x, self.group_size, self.num_channels, self.eps)
+
+    def extra_repr(self):
+        return f"group_size={self.group_size}, num_channels={self.num_channels}, eps={self.eps}"
+
+
+class GradientPenalty(nn.Module):
+    """WGAN-GP: weight * mean_i (||grad_i|| - center)^2 at random interpolates."""
+
+    def __init__(self, weight: float = 10.0, center: float = 1.0):
+        super().__init__()
+        self.weight = weight
+        self.center = center
+
+    def forward(self, critic, real, fake, alpha=None, scaler=None):
+        return FG.gradient_penalty(critic, real, fake, weight=self.weight, center=self.center,
+                                   alpha=alpha, scaler=scaler)
+
+
+class R1Penalty(nn.Module):
+    """R1: gamma/2 * mean_i ||d critic(real)/d real_i||^2."""
+
+    def __init__(self, gamma: float = 10.0):
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, critic, real, scaler=None):
+        return FG.r1_penalty(critic, real, gamma=self.gamma, scaler=scaler)
+
+
+class R2Penalty(nn.Module):
+    """R2: gamma/2 * mean_i ||d critic(fake)/d fake_i||^2."""
+
+    def __init__(self, gamma: float = 10.0):
+        super().__init__()
+        self.gamma = gamma
+
+    def forward(self, critic, fake, scaler=None):
+        return FG.r2_penalty(critic, fake, gamma=self.gamma, scaler=scaler)
