@@ -67,36 +67,79 @@ class MinibatchStdDev(nn.Module):
         return f"group_size={self.group_size}, num_channels={self.num_channels}, eps={self.eps}"
 
 
-class GradientPenalty(nn.Module):
-    """WGAN-GP: weight * mean_i (||grad_i|| - center)^2 at random interpolates."""
+class _LazyRegularizer(nn.Module):
+    """Lazy regularisation (StyleGAN2, Karras et al. 2020, appendix B): apply a penalty
+    only every `interval` steps and multiply it by `interval`, so that on average it
+    weighs the same as when applied every step, at a fraction of the cost:
 
-    def __init__(self, weight: float = 10.0, center: float = 1.0):
+        for step in range(steps):
+            loss = adversarial_loss
+            if penalty.due(step):          # step % interval == 0
+                loss = loss + penalty(critic, real)   # already multiplied by interval
+            loss.backward(); opt.step()
+
+    StyleGAN2 also rescales the optimiser (lr * c, betas ** c with c = interval /
+    (interval + 1)); that is the caller's choice and not done here. interval=1 (the
+    default) applies the penalty every step, unscaled.
+    """
+
+    def __init__(self, interval: int = 1):
         super().__init__()
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"interval must be a positive int (apply every `interval` steps), got {interval!r}")
+        self.interval = interval
+
+    def due(self, step: int) -> bool:
+        """Whether the penalty applies at training step `step` (step % interval == 0)."""
+        return step % self.interval == 0
+
+    def _lazy(self, penalty):
+        return penalty * self.interval if self.interval > 1 else penalty
+
+
+class GradientPenalty(_LazyRegularizer):
+    """WGAN-GP as a module: weight * mean_i (||grad_i|| - center)^2 at x_hat = alpha * real
+    + (1 - alpha) * fake, alpha ~ U[0, 1) per sample (fastgan.functional.gradient_penalty),
+    times `interval` when interval > 1 (lazy regularisation, see due())."""
+
+    def __init__(self, weight: float = 10.0, center: float = 1.0, *, interval: int = 1):
+        super().__init__(interval)
         self.weight = weight
         self.center = center
 
     def forward(self, critic, real, fake, alpha=None, scaler=None):
-        return FG.gradient_penalty(critic, real, fake, weight=self.weight, center=self.center,
-                                   alpha=alpha, scaler=scaler)
+        return self._lazy(FG.gradient_penalty(critic, real, fake, weight=self.weight, center=self.center,
+                                              alpha=alpha, scaler=scaler))
+
+    def extra_repr(self):
+        return f"weight={self.weight}, center={self.center}, interval={self.interval}"
 
 
-class R1Penalty(nn.Module):
-    """R1: gamma/2 * mean_i ||d critic(real)/d real_i||^2."""
+class R1Penalty(_LazyRegularizer):
+    """R1 as a module: gamma/2 * mean_i ||d critic(real)/d real_i||^2
+    (fastgan.functional.r1_penalty), times `interval` when interval > 1 (see due())."""
 
-    def __init__(self, gamma: float = 10.0):
-        super().__init__()
+    def __init__(self, gamma: float = 10.0, *, interval: int = 1):
+        super().__init__(interval)
         self.gamma = gamma
 
     def forward(self, critic, real, scaler=None):
-        return FG.r1_penalty(critic, real, gamma=self.gamma, scaler=scaler)
+        return self._lazy(FG.r1_penalty(critic, real, gamma=self.gamma, scaler=scaler))
+
+    def extra_repr(self):
+        return f"gamma={self.gamma}, interval={self.interval}"
 
 
-class R2Penalty(nn.Module):
-    """R2: gamma/2 * mean_i ||d critic(fake)/d fake_i||^2."""
+class R2Penalty(_LazyRegularizer):
+    """R2 as a module: gamma/2 * mean_i ||d critic(fake)/d fake_i||^2
+    (fastgan.functional.r2_penalty), times `interval` when interval > 1 (see due())."""
 
-    def __init__(self, gamma: float = 10.0):
-        super().__init__()
+    def __init__(self, gamma: float = 10.0, *, interval: int = 1):
+        super().__init__(interval)
         self.gamma = gamma
 
     def forward(self, critic, fake, scaler=None):
-        return FG.r2_penalty(critic, fake, gamma=self.gamma, scaler=scaler)
+        return self._lazy(FG.r2_penalty(critic, fake, gamma=self.gamma, scaler=scaler))
+
+    def extra_repr(self):
+        return f"gamma={self.gamma}, interval={self.interval}"
