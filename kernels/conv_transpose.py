@@ -279,11 +279,12 @@ def pack_weight(w, stride):
 
 
 def forward(x, w, b, stride, padding, output_padding, activation="linear", negative_slope=0.2,
-            gain=1.0, clamp=None):
+            gain=1.0, clamp=None, out=None):
     """y = clamp(act(conv_transpose2d(x, w) + b) * gain, -clamp, clamp), groups=1, dilation=1.
 
     x [N, C_in, H, W] (any strides; channels_last input gives channels_last output, as in
-    eager), w [C_in, C_out, kh, kw], b [C_out] or None. Returns a new tensor.
+    eager), w [C_in, C_out, kh, kw], b [C_out] or None. Returns a new tensor, or writes
+    every element of `out` (any strides, right shape/dtype/device) and returns it.
     """
     stride, padding, output_padding = (_pair(stride, "stride"), _pair(padding, "padding"),
                                        _pair(output_padding, "output_padding"))
@@ -301,8 +302,14 @@ def forward(x, w, b, stride, padding, output_padding, activation="linear", negat
     H_out, W_out = output_size(H, W, KH, KW, stride, padding, output_padding)
     # Output layout as eager gives it: channels-last in, channels-last out.
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    y = torch.empty((N, C_out, H_out, W_out), device=x.device, dtype=x.dtype,
-                    memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if out is None:
+        y = torch.empty((N, C_out, H_out, W_out), device=x.device, dtype=x.dtype,
+                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    else:
+        if out.shape != (N, C_out, H_out, W_out) or out.dtype != x.dtype or out.device != x.device:
+            raise ValueError(f"out must be {(N, C_out, H_out, W_out)} {x.dtype} on {x.device}, got "
+                             f"{tuple(out.shape)} {out.dtype} on {out.device}")
+        y = out
     # The GEMM reads x channels-last (K = channels contiguous, so tiles load as vectors);
     # an NCHW input is converted once (it is s*s times smaller than the output).
     x = x.contiguous(memory_format=torch.channels_last)
@@ -313,14 +320,16 @@ def forward(x, w, b, stride, padding, output_padding, activation="linear", negat
     grid = lambda meta: (triton.cdiv(m_max, meta["BLOCK_M"]), triton.cdiv(C_out, meta["BLOCK_N"]), sh * sw)  # noqa: E731
     launcher = _conv_transpose_phase_fma if (x.dtype == torch.float32 and prec == "ieee") else _conv_transpose_phase_tc
     launcher[grid](
-        x, wp, b if b is not None else wp, y,
+        x, wp, b.contiguous() if b is not None else wp, y,
         N, C_in, H, W, C_out, H_out, W_out,
         *x.stride(), *y.stride(),
         sh, sw, padding[0], padding[1], KH, KW, tmax_h, tmax_w,
         float(negative_slope), float(gain), float(clamp) if clamp is not None else 0.0,
         ACT=ACTIVATIONS[activation], HAS_BIAS=b is not None, HAS_CLAMP=clamp is not None,
         DOT_PRECISION=prec, UPCAST_DOT=_INTERPRET and x.dtype == torch.bfloat16,
-        K_ALIGN=_pow2_divisor(C_in), N_ALIGN=_pow2_divisor(C_out), Y_CHANNELS_LAST=channels_last,
+        K_ALIGN=_pow2_divisor(C_in), N_ALIGN=_pow2_divisor(C_out),
+        # the [M, N]-oriented store assumes row offsets that are multiples of C_out
+        Y_CHANNELS_LAST=y.is_contiguous(memory_format=torch.channels_last),
     )
     return y
 
