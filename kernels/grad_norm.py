@@ -174,15 +174,19 @@ def forward(grad, center, block=None, chunk=None):
     return penalty, sumsq
 
 
-def backward(grad_out, grad, sumsq, center, block=None, chunk=None):
-    """d penalty / d grad = coef_i * grad_i, one read of grad and one write."""
+def backward(grad_out, grad, sumsq, center, block=None, chunk=None, out=None):
+    """d penalty / d grad = coef_i * grad_i, one read of grad and one write (into `out`
+    when given: a contiguous tensor like grad)."""
     N, D = _check(grad)
     block, chunk, nchunks = plan(N, D, block, chunk)
     acc = _acc_dtype(grad.dtype)
     if sumsq.dtype != acc or sumsq.shape != (N,):
         raise ValueError(f"sumsq must be the forward's [{N}] {acc} sums of squares, got "
                          f"{tuple(sumsq.shape)} {sumsq.dtype}")
-    out = torch.empty_like(grad, memory_format=torch.contiguous_format)
+    if out is None:
+        out = torch.empty_like(grad, memory_format=torch.contiguous_format)
+    elif out.shape != grad.shape or out.dtype != grad.dtype or not out.is_contiguous():
+        raise ValueError("out must be a contiguous tensor of grad's shape and dtype")
     go = grad_out.reshape(1)
     hi, lo = _split(float(center))
     _grad_norm_scale_kernel[(N * nchunks,)](grad, out, sumsq, go, D, chunk, nchunks, N, hi, lo,
