@@ -1,0 +1,499 @@
+// Transposed convolution with a fused epilogue, CPU (groups = 1, dilation = 1).
+//
+//   y[n,co,oh,ow] = epi( b[co] + sum_{ci,a,c} x[n,ci,ih,iw] w[ci,co,a,c] ),
+//                   oh = ih*sh - ph + a,  ow = iw*sw - pw + c
+//
+// Forward: one matrix product per chunk of samples
+//     cols[(co,a,c), (n,ih,iw)] = W^T[(co,a,c), ci] . X[ci, (n,ih,iw)]
+// (all useful multiply-adds, no zero insertion), then a phase-decomposed gather: output
+// phase (rh, rw) = ((oh+ph) mod sh, (ow+pw) mod sw) only reads taps a = rh + j*sh,
+// c = rw + l*sw, and for a fixed tap the input column iw = (ow+pw)/sw - l walks
+// contiguously along the phase's outputs, so the gather adds contiguous rows. Every
+// output element is written exactly once, with bias, activation, gain and clamp applied
+// in that same write. Chunks keep cols in cache.
+//
+// Backward (grad_pre = grad_y * act'(.) * gain * clamp mask, recovered from the saved
+// output, see csrc/include/conv_transpose.h):
+//     G[(co,a,c), (n,ih,iw)] = grad_pre[n, co, ih*sh-ph+a, iw*sw-pw+c]   (im2col)
+//     grad_x[ci, (n,ih,iw)]  = W[ci, (co,a,c)] . G
+//     grad_w[ci, (co,a,c)]  += X[ci, (n,ih,iw)] . G^T
+//     grad_b[co]             = sum grad_pre[:, co]
+// float16 / bfloat16 run in float32 (accumulation and epilogue), rounded once at the end.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <vector>
+
+#include "conv_transpose.h"
+
+namespace fastgan {
+namespace conv_transpose {
+namespace {
+
+// exp for float, vectorisable (no libm call): 2^k * p(r), r = x - k ln2, |r| <= ln2/2,
+// degree-6 Taylor polynomial; relative error ~2e-7 (a few ulp), saturating outside
+// [-87, 88]. Used for tanh/sigmoid in the float epilogue; double uses libm.
+inline float fast_expf(float x) {
+  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+  const float k = __builtin_roundf(x * 1.44269504088896341f);
+  const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
+  float p = 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t bits = (int32_t(k) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+template <typename T, int ACT>
+inline T fast_epilogue(T v, T slope, T gain, T clamp) {
+  return epilogue<T>(v, ACT, slope, gain, clamp);
+}
+template <>
+inline float fast_epilogue<float, kTanh>(float v, float slope, float gain, float clamp) {
+  // tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2|v|) in (0, 1]: no overflow
+  const float e = fast_expf(-2.f * (v < 0.f ? -v : v));
+  float t = (1.f - e) / (1.f + e);
+  t = v < 0.f ? -t : t;
+  float z = t * gain;
+  if (clamp >= 0.f) z = z < -clamp ? -clamp : (z > clamp ? clamp : z);
+  return z;
+}
+template <>
+inline float fast_epilogue<float, kSigmoid>(float v, float slope, float gain, float clamp) {
+  float z = gain / (1.f + fast_expf(-v));
+  if (clamp >= 0.f) z = z < -clamp ? -clamp : (z > clamp ? clamp : z);
+  return z;
+}
+
+struct Geom {
+  int64_t N, Cin, Cout, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw;
+  bool plain;  // 1x1 input, no padding: the product is the output
+  int64_t HW() const { return H * W; }
+  int64_t Cokk() const { return Cout * kh * kw; }
+};
+
+Geom make_geom(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride, at::IntArrayRef padding,
+               at::IntArrayRef output_padding, const char* fn) {
+  TORCH_CHECK(x.dim() == 4, fn, ": expected a 4-D input [N, C_in, H, W], got ", x.sizes());
+  TORCH_CHECK(w.dim() == 4, fn, ": expected a 4-D weight [C_in, C_out, kH, kW], got ", w.sizes());
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && output_padding.size() == 2, fn,
+              ": stride, padding and output_padding must have 2 entries each");
+  TORCH_CHECK(x.size(1) == w.size(0), fn, ": weight of size ", w.sizes(), " expects input with ", w.size(0),
+              " channels, got input of size ", x.sizes());
+  Geom g;
+  g.N = x.size(0); g.Cin = x.size(1); g.H = x.size(2); g.W = x.size(3);
+  g.Cout = w.size(1); g.kh = w.size(2); g.kw = w.size(3);
+  g.sh = stride[0]; g.sw = stride[1]; g.ph = padding[0]; g.pw = padding[1];
+  TORCH_CHECK(g.sh > 0 && g.sw > 0, fn, ": stride must be positive, got ", stride);
+  TORCH_CHECK(g.ph >= 0 && g.pw >= 0, fn, ": padding must be non-negative, got ", padding);
+  TORCH_CHECK(output_padding[0] >= 0 && output_padding[1] >= 0 && output_padding[0] < g.sh &&
+                  output_padding[1] < g.sw,
+              fn, ": output_padding must be smaller than stride (dilation is 1), got output_padding ",
+              output_padding, " and stride ", stride);
+  g.Ho = (g.H - 1) * g.sh - 2 * g.ph + g.kh + output_padding[0];
+  g.Wo = (g.W - 1) * g.sw - 2 * g.pw + g.kw + output_padding[1];
+  TORCH_CHECK(g.Ho > 0 && g.Wo > 0, fn, ": the output would be empty (", g.Ho, " x ", g.Wo, ")");
+  g.plain = g.H == 1 && g.W == 1 && g.ph == 0 && g.pw == 0 && output_padding[0] == 0 && output_padding[1] == 0;
+  return g;
+}
+
+// Samples per chunk: keep the cols block around `budget` bytes (env FASTGAN_CT_CHUNK_KB
+// overrides, for tuning), at least one sample.
+int64_t chunk_samples(const Geom& g, int64_t elem) {
+  int64_t budget = 4 << 20;
+  if (const char* env = std::getenv("FASTGAN_CT_CHUNK_KB")) budget = std::max<int64_t>(1, std::atoll(env)) << 10;
+  int64_t per = g.Cokk() * g.HW() * elem;
+  return std::max<int64_t>(1, std::min<int64_t>(g.N, budget / std::max<int64_t>(per, 1)));
+}
+
+// x [N, Cin, H, W] -> X [Cin, N*H*W] (channel-major, so the whole batch is one GEMM).
+at::Tensor channel_major(const at::Tensor& x) {
+  return x.permute({1, 0, 2, 3}).contiguous().view({x.size(1), -1});
+}
+
+// The phase decomposition as index tables (computed once per call, so the inner loops
+// are plain contiguous adds). Output row oh reads the kernel rows a = rh + j*sh with
+// input row ih = (oh+ph)/sh - j; output column phase rw (columns ow0, ow0+sw, ...)
+// reads the kernel columns c = rw + l*sw, where output m of the phase reads input
+// column q0 + m - l (valid for m in [mlo, mhi)).
+struct HTap { int64_t a, ih; };
+struct WTap { int64_t c, l, mlo, mhi; };
+struct WPhase { int64_t ow0, M, q0, first, count; };
+
+struct PhaseTables {
+  std::vector<int64_t> hfirst, hcount;  // per oh, into htaps
+  std::vector<HTap> htaps;
+  std::vector<WPhase> wph;               // per rw with outputs
+  std::vector<WTap> wtaps;
+  explicit PhaseTables(const Geom& g) {
+    for (int64_t oh = 0; oh < g.Ho; ++oh) {
+      const int64_t th = oh + g.ph, rh = th % g.sh, qh = th / g.sh;
+      hfirst.push_back(int64_t(htaps.size()));
+      for (int64_t a = rh; a < g.kh; a += g.sh) {
+        const int64_t ih = qh - (a - rh) / g.sh;
+        if (ih >= 0 && ih < g.H) htaps.push_back({a, ih});
+      }
+      hcount.push_back(int64_t(htaps.size()) - hfirst.back());
+    }
+    for (int64_t rw = 0; rw < g.sw; ++rw) {
+      const int64_t ow0 = ((rw - g.pw) % g.sw + g.sw) % g.sw;
+      if (ow0 >= g.Wo) continue;
+      WPhase ph{ow0, (g.Wo - ow0 + g.sw - 1) / g.sw, (ow0 + g.pw) / g.sw, int64_t(wtaps.size()), 0};
+      for (int64_t c = rw; c < g.kw; c += g.sw) {
+        const int64_t l = (c - rw) / g.sw;
+        const int64_t mlo = std::max<int64_t>(0, l - ph.q0), mhi = std::min<int64_t>(ph.M, g.W + l - ph.q0);
+        if (mlo < mhi) wtaps.push_back({c, l, mlo, mhi});
+      }
+      ph.count = int64_t(wtaps.size()) - ph.first;
+      wph.push_back(ph);
+    }
+  }
+};
+
+// Gather + epilogue for samples [n0, n0+nb) from cols: element (tap, nl, ih, iw) at
+// cols[tap*ts + nl*ss + ih*W + iw] (ts, ss: tap and sample strides of the layout).
+template <typename T, int ACT>
+void gather_epilogue(const Geom& g, const PhaseTables& pt, const T* cols, int64_t ts, int64_t ss, const T* bias,
+                     T* y, int64_t n0, int64_t nb, T slope, T gain, T clamp) {
+  // co-major order: the kh*kw cols rows of one output channel stay in cache across samples
+  at::parallel_for(0, nb * g.Cout, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> row(g.Wo), acc(g.W + g.kw + 2);
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t co = idx / nb, nl = idx % nb;
+      const T bv = bias ? bias[co] : T(0);
+      const T* cbase = cols + co * g.kh * g.kw * ts + nl * ss;
+      T* yrow_base = y + ((n0 + nl) * g.Cout + co) * g.Ho * g.Wo;
+      for (int64_t oh = 0; oh < g.Ho; ++oh) {
+        const HTap* ht = pt.htaps.data() + pt.hfirst[oh];
+        const int64_t nh = pt.hcount[oh];
+        for (const WPhase& ph : pt.wph) {
+          T* a_ = g.sw == 1 ? row.data() : acc.data();
+          const int64_t M = ph.M;
+          for (int64_t m = 0; m < M; ++m) a_[m] = bv;
+          for (int64_t i = 0; i < nh; ++i) {
+            const T* rbase = cbase + ht[i].a * g.kw * ts + ht[i].ih * g.W + ph.q0;
+            const WTap* wt = pt.wtaps.data() + ph.first;
+            for (int64_t j = 0; j < ph.count; ++j) {
+              const T* src = rbase + wt[j].c * ts - wt[j].l;
+              const int64_t mhi = wt[j].mhi;
+#pragma omp simd
+              for (int64_t m = wt[j].mlo; m < mhi; ++m) a_[m] += src[m];
+            }
+          }
+          if (g.sw != 1) {
+            T* r = row.data() + ph.ow0;
+            for (int64_t m = 0; m < M; ++m) r[m * g.sw] = a_[m];
+          }
+        }
+        T* yrow = yrow_base + oh * g.Wo;
+        const T* r = row.data();
+        if (ACT == kLinear && clamp < T(0)) {
+#pragma omp simd
+          for (int64_t i = 0; i < g.Wo; ++i) yrow[i] = r[i] * gain;
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < g.Wo; ++i) yrow[i] = fast_epilogue<T, ACT>(r[i], slope, gain, clamp);
+        }
+      }
+    }
+  });
+}
+
+// In-place epilogue on y viewed as [N, Cout, P] (P = Ho*Wo).
+template <typename T, int ACT>
+void epilogue_inplace(const Geom& g, T* y, const T* bias, T slope, T gain, T clamp) {
+  const int64_t P = g.Ho * g.Wo;
+  at::parallel_for(0, g.N * g.Cout, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const T bv = bias ? bias[idx % g.Cout] : T(0);
+      T* p = y + idx * P;
+#pragma omp simd
+      for (int64_t i = 0; i < P; ++i) p[i] = fast_epilogue<T, ACT>(p[i] + bv, slope, gain, clamp);
+    }
+  });
+}
+
+// Per-sample products (no channel-major copy of x) when one sample's H*W is a wide
+// enough GEMM; otherwise the whole chunk is one GEMM on the channel-major copy.
+bool per_sample(const Geom& g) { return g.HW() >= 256; }
+
+template <typename T>
+void forward_impl(const Geom& g, const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                  at::Tensor& y, int64_t act, double slope_, double gain_, double clamp_) {
+  const T slope = T(slope_), gain = T(gain_), clamp = T(clamp_);
+  const int64_t HW = g.HW();
+  const T* bias = b.has_value() ? b->data_ptr<T>() : nullptr;
+  if (g.plain) {
+    at::Tensor ym = y.view({g.N, g.Cokk()});
+    at::mm_out(ym, x.view({g.N, g.Cin}), w.view({g.Cin, g.Cokk()}));
+    T* yp = y.data_ptr<T>();
+    switch (act) {
+      case kRelu: epilogue_inplace<T, kRelu>(g, yp, bias, slope, gain, clamp); break;
+      case kLrelu: epilogue_inplace<T, kLrelu>(g, yp, bias, slope, gain, clamp); break;
+      case kTanh: epilogue_inplace<T, kTanh>(g, yp, bias, slope, gain, clamp); break;
+      case kSigmoid: epilogue_inplace<T, kSigmoid>(g, yp, bias, slope, gain, clamp); break;
+      default: epilogue_inplace<T, kLinear>(g, yp, bias, slope, gain, clamp); break;
+    }
+    return;
+  }
+  const PhaseTables pt(g);
+  const bool ps = per_sample(g);
+  at::Tensor X = ps ? x : channel_major(x);                         // [Cin, N*HW] when batched
+  at::Tensor Wt = w.reshape({g.Cin, g.Cokk()}).t();                 // [Cokk, Cin] (view)
+  const int64_t nb_max = chunk_samples(g, sizeof(T));
+  at::Tensor cols = at::empty({nb_max * g.Cokk() * HW}, x.options());
+  for (int64_t n0 = 0; n0 < g.N; n0 += nb_max) {
+    const int64_t nb = std::min(nb_max, g.N - n0);
+    int64_t ts, ss;
+    if (ps) {
+      at::Tensor c = cols.narrow(0, 0, nb * g.Cokk() * HW).view({nb, g.Cokk(), HW});
+      for (int64_t nl = 0; nl < nb; ++nl) {
+        at::Tensor cn = c[nl];
+        at::mm_out(cn, Wt, x[n0 + nl].view({g.Cin, HW}));
+      }
+      ts = HW; ss = g.Cokk() * HW;
+    } else {
+      at::Tensor c = cols.narrow(0, 0, nb * g.Cokk() * HW).view({g.Cokk(), nb * HW});
+      at::mm_out(c, Wt, X.narrow(1, n0 * HW, nb * HW));
+      ts = nb * HW; ss = HW;
+    }
+    const T* cp = cols.data_ptr<T>();
+    T* yp = y.data_ptr<T>();
+    switch (act) {
+      case kRelu: gather_epilogue<T, kRelu>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
+      case kLrelu: gather_epilogue<T, kLrelu>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
+      case kTanh: gather_epilogue<T, kTanh>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
+      case kSigmoid: gather_epilogue<T, kSigmoid>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
+      default: gather_epilogue<T, kLinear>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
+    }
+  }
+}
+
+bool low_precision(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+
+void check_common(const at::Tensor& x, const at::Tensor& w, const char* fn) {
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), fn, ": expected CPU tensors");
+  TORCH_CHECK(x.scalar_type() == w.scalar_type(), fn, ": input and weight dtypes differ (", x.scalar_type(),
+              " vs ", w.scalar_type(), ")");
+  auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16, fn,
+              ": supports float32, float64, float16 and bfloat16, got ", st);
+}
+
+at::Tensor conv_transpose_forward_cpu(const at::Tensor& x_, const at::Tensor& w_, const c10::optional<at::Tensor>& b_,
+                                      at::IntArrayRef stride, at::IntArrayRef padding,
+                                      at::IntArrayRef output_padding, int64_t act, double negative_slope,
+                                      double gain, double clamp) {
+  const char* fn = "fastgan_C::conv_transpose_forward";
+  check_common(x_, w_, fn);
+  TORCH_CHECK(act >= 0 && act <= 4, fn, ": act code must be 0..4 (linear, relu, lrelu, tanh, sigmoid), got ", act);
+  Geom g = make_geom(x_, w_, stride, padding, output_padding, fn);
+  const bool lp = low_precision(x_);
+  const auto ct = lp ? at::kFloat : x_.scalar_type();
+  at::Tensor x = x_.to(ct).contiguous(), w = w_.to(ct).contiguous();
+  c10::optional<at::Tensor> b;
+  if (b_.has_value() && b_->defined()) {
+    TORCH_CHECK(b_->dim() == 1 && b_->size(0) == g.Cout, fn, ": bias must have shape [", g.Cout, "], got ",
+                b_->sizes());
+    b = b_->to(ct).contiguous();
+  }
+  at::Tensor y = at::empty({g.N, g.Cout, g.Ho, g.Wo}, x.options());
+  if (g.N > 0) {
+    if (ct == at::kDouble) forward_impl<double>(g, x, w, b, y, act, negative_slope, gain, clamp);
+    else forward_impl<float>(g, x, w, b, y, act, negative_slope, gain, clamp);
+  }
+  return lp ? y.to(x_.scalar_type()) : y;
+}
+
+// grad_pre = grad_y * dy/dpre (fused), and grad_b[co] = sum over (n, oh, ow).
+template <typename T>
+void grad_pre_impl(const Geom& g, const T* gy, const T* t, int64_t mode, T* gp, T* gb, int act, T slope, T gain,
+                   T clamp) {
+  const int64_t P = g.Ho * g.Wo;
+  const T cl = mode == kSavePreclamp ? clamp : T(-1);
+  at::parallel_for(0, g.Cout, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t co = begin; co < end; ++co) {
+      T sum = 0;
+      for (int64_t n = 0; n < g.N; ++n) {
+        const int64_t off = (n * g.Cout + co) * P;
+        const T* gyp = gy + off; const T* tp = t + off; T* o = gp + off;
+        if (mode == kSavePre) {
+          for (int64_t i = 0; i < P; ++i) { T v = gyp[i] * act_grad_from_pre<T>(tp[i], act, slope, gain, clamp); o[i] = v; sum += v; }
+        } else if (act == kRelu && cl < T(0)) {
+          const T gg = gain;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t i = 0; i < P; ++i) { T v = (tp[i] * gg > T(0)) ? gyp[i] * gg : T(0); o[i] = v; sum += v; }
+        } else if (act == kTanh && cl < T(0) && gain != T(0)) {
+          const T inv = T(1) / gain;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t i = 0; i < P; ++i) { T s = tp[i] * inv; T v = gyp[i] * (T(1) - s * s) * gain; o[i] = v; sum += v; }
+        } else {
+#pragma omp simd reduction(+ : sum)
+          for (int64_t i = 0; i < P; ++i) { T v = gyp[i] * act_grad_from_output<T>(tp[i], act, slope, gain, cl); o[i] = v; sum += v; }
+        }
+      }
+      if (gb) gb[co] = sum;
+    }
+  });
+}
+
+// G from grad_pre for samples [n0, n0+nb): element (row, nl, ih, iw) at
+// G[row*ts + nl*ss + ih*W + iw].
+template <typename T>
+void im2col_grad(const Geom& g, const T* gp, T* G, int64_t ts, int64_t ss, int64_t n0, int64_t nb) {
+  at::parallel_for(0, g.Cokk(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t co = r / (g.kh * g.kw), a = (r / g.kw) % g.kh, c = r % g.kw;
+      // valid iw: 0 <= iw*sw - pw + c < Wo
+      int64_t iw_lo = 0;
+      while (iw_lo < g.W && iw_lo * g.sw - g.pw + c < 0) ++iw_lo;
+      int64_t iw_hi = iw_lo;
+      while (iw_hi < g.W && iw_hi * g.sw - g.pw + c < g.Wo) ++iw_hi;
+      for (int64_t nl = 0; nl < nb; ++nl) {
+        const T* src = gp + ((n0 + nl) * g.Cout + co) * g.Ho * g.Wo;
+        T* dst = G + r * ts + nl * ss;
+        for (int64_t ih = 0; ih < g.H; ++ih) {
+          const int64_t oh = ih * g.sh - g.ph + a;
+          T* d = dst + ih * g.W;
+          if (oh < 0 || oh >= g.Ho) {
+            for (int64_t iw = 0; iw < g.W; ++iw) d[iw] = T(0);
+            continue;
+          }
+          const T* s = src + oh * g.Wo - g.pw + c;
+          for (int64_t iw = 0; iw < iw_lo; ++iw) d[iw] = T(0);
+          if (g.sw == 1) {
+#pragma omp simd
+            for (int64_t iw = iw_lo; iw < iw_hi; ++iw) d[iw] = s[iw];
+          } else {
+            const int64_t sw = g.sw;
+#pragma omp simd
+            for (int64_t iw = iw_lo; iw < iw_hi; ++iw) d[iw] = s[iw * sw];
+          }
+          for (int64_t iw = iw_hi; iw < g.W; ++iw) d[iw] = T(0);
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_impl(const Geom& g, const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& t,
+                   int64_t mode, int64_t act, double slope, double gain, double clamp, bool need_x, bool need_w,
+                   bool need_b, at::Tensor& gx, at::Tensor& gw, at::Tensor& gb) {
+  at::Tensor gp = at::empty_like(gy);
+  grad_pre_impl<T>(g, gy.data_ptr<T>(), t.data_ptr<T>(), mode, gp.data_ptr<T>(), need_b ? gb.data_ptr<T>() : nullptr,
+                   int(act), T(slope), T(gain), T(clamp));
+  if (!need_x && !need_w) return;
+  if (g.plain) {
+    // y = X[N, Cin] . W[Cin, Cokk]: grad_x = gp . W^T, grad_w = X^T . gp
+    at::Tensor gpm = gp.view({g.N, g.Cokk()});
+    at::Tensor Wm = w.view({g.Cin, g.Cokk()});
+    if (need_x) { at::Tensor o = gx.view({g.N, g.Cin}); at::mm_out(o, gpm, Wm.t()); }
+    if (need_w) { at::Tensor o = gw.view({g.Cin, g.Cokk()}); at::mm_out(o, x.view({g.N, g.Cin}).t(), gpm); }
+    return;
+  }
+  const int64_t HW = g.HW();
+  const bool ps = per_sample(g);
+  at::Tensor Wm = w.reshape({g.Cin, g.Cokk()});
+  at::Tensor X;
+  if (need_w) {
+    if (!ps) X = channel_major(x);
+    gw.zero_();
+  }
+  at::Tensor gwm = need_w ? gw.view({g.Cin, g.Cokk()}) : at::Tensor();
+  const int64_t nb_max = chunk_samples(g, sizeof(T));
+  at::Tensor Gbuf = at::empty({nb_max * g.Cokk() * HW}, x.options());
+  at::Tensor gxbuf = (need_x && !ps) ? at::empty({g.Cin, nb_max * HW}, x.options()) : at::Tensor();
+  for (int64_t n0 = 0; n0 < g.N; n0 += nb_max) {
+    const int64_t nb = std::min(nb_max, g.N - n0);
+    if (ps) {
+      at::Tensor G = Gbuf.narrow(0, 0, nb * g.Cokk() * HW).view({nb, g.Cokk(), HW});
+      im2col_grad<T>(g, gp.data_ptr<T>(), G.data_ptr<T>(), HW, g.Cokk() * HW, n0, nb);
+      for (int64_t nl = 0; nl < nb; ++nl) {
+        if (need_x) {
+          at::Tensor o = gx[n0 + nl].view({g.Cin, HW});
+          at::mm_out(o, Wm, G[nl]);
+        }
+        if (need_w) gwm.addmm_(x[n0 + nl].view({g.Cin, HW}), G[nl].t());
+      }
+    } else {
+      at::Tensor G = Gbuf.narrow(0, 0, nb * g.Cokk() * HW).view({g.Cokk(), nb * HW});
+      im2col_grad<T>(g, gp.data_ptr<T>(), G.data_ptr<T>(), nb * HW, HW, n0, nb);
+      if (need_x) {
+        at::Tensor o = gxbuf.narrow(1, 0, nb * HW);
+        at::mm_out(o, Wm, G);
+        gx.narrow(0, n0, nb).copy_(o.view({g.Cin, nb, g.H, g.W}).permute({1, 0, 2, 3}));
+      }
+      if (need_w) gwm.addmm_(X.narrow(1, n0 * HW, nb * HW), G.t());
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_cpu(
+    const at::Tensor& gy_, const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& saved_, int64_t mode,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t act,
+    double negative_slope, double gain, double clamp, bool has_bias, std::array<bool, 3> output_mask_) {
+  const char* fn = "fastgan_C::conv_transpose_backward";
+  check_common(x_, w_, fn);
+  TORCH_CHECK(mode >= 0 && mode <= 2, fn, ": mode must be 0 (output), 1 (pre-clamp) or 2 (pre-activation)");
+  Geom g = make_geom(x_, w_, stride, padding, output_padding, fn);
+  TORCH_CHECK(gy_.sizes() == at::IntArrayRef({g.N, g.Cout, g.Ho, g.Wo}), fn, ": grad_y has shape ", gy_.sizes(),
+              ", expected [", g.N, ", ", g.Cout, ", ", g.Ho, ", ", g.Wo, "]");
+  TORCH_CHECK(saved_.sizes() == gy_.sizes(), fn, ": saved tensor has shape ", saved_.sizes(), ", expected ",
+              gy_.sizes());
+  const bool need_x = output_mask_[0], need_w = output_mask_[1], need_b = output_mask_[2] && has_bias;
+  const bool lp = low_precision(x_);
+  const auto ct = lp ? at::kFloat : x_.scalar_type();
+  at::Tensor gy = gy_.to(ct).contiguous(), x = x_.to(ct).contiguous(), w = w_.to(ct).contiguous(),
+             t = saved_.to(ct).contiguous();
+  at::Tensor gx = need_x ? at::empty_like(x) : at::empty({0}, x.options());
+  at::Tensor gw = need_w ? at::empty_like(w) : at::empty({0}, x.options());
+  at::Tensor gb = need_b ? at::empty({g.Cout}, x.options()) : at::empty({0}, x.options());
+  if (g.N == 0) {
+    if (need_x) gx.zero_();
+    if (need_w) gw.zero_();
+    if (need_b) gb.zero_();
+  } else if (ct == at::kDouble) {
+    backward_impl<double>(g, gy, x, w, t, mode, act, negative_slope, gain, clamp, need_x, need_w, need_b, gx, gw, gb);
+  } else {
+    backward_impl<float>(g, gy, x, w, t, mode, act, negative_slope, gain, clamp, need_x, need_w, need_b, gx, gw, gb);
+  }
+  if (lp) {
+    auto st = x_.scalar_type();
+    return {gx.to(st), gw.to(st), gb.to(st)};
+  }
+  return {gx, gw, gb};
+}
+
+}  // namespace
+}  // namespace conv_transpose
+}  // namespace fastgan
+
+TORCH_LIBRARY_FRAGMENT(fastgan_C, m) {
+  // act: 0 linear, 1 relu, 2 lrelu, 3 tanh, 4 sigmoid; clamp < 0: no clamp.
+  m.def(
+      "conv_transpose_forward(Tensor x, Tensor w, Tensor? b, int[] stride, int[] padding, int[] output_padding, "
+      "int act, float negative_slope, float gain, float clamp) -> Tensor");
+  // saved: y (mode 0), the unclamped output (mode 1) or the pre-activation (mode 2).
+  m.def(
+      "conv_transpose_backward(Tensor grad_y, Tensor x, Tensor w, Tensor saved, int mode, int[] stride, "
+      "int[] padding, int[] output_padding, int act, float negative_slope, float gain, float clamp, "
+      "bool has_bias, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastgan_C, CPU, m) {
+  m.impl("conv_transpose_forward", &fastgan::conv_transpose::conv_transpose_forward_cpu);
+  m.impl("conv_transpose_backward", &fastgan::conv_transpose::conv_transpose_backward_cpu);
+}
