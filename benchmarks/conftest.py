@@ -10,6 +10,9 @@ What a bench file uses (import from here: `from conftest import ...`):
   providers(op)             ["fastgan", "fastgan-<backend>"..., "eager", "compile"]
   dtypes()                  the dtype names to parametrise over
   pick(full, quick)         the full list of shapes, or the quick one under --quick
+  per_device(cpu, cuda, quick=None)
+                            shapes by device: on CUDA use sizes several times the L2
+                            (60 MB on an H200) so that memory-bound ops stream from HBM
   provider_fn(provider, fastgan_fn, reference_fn)
                             the callable that a provider times: fastgan_fn with the
                             backend forced ("fastgan" = auto), reference_fn ("eager")
@@ -111,6 +114,15 @@ def torch_dtype(name):
 def pick(full, quick):
     """full under a normal run, quick under --quick."""
     return list(quick if QUICK else full)
+
+
+def per_device(cpu, cuda=None, quick=None):
+    """quick (if given) under --quick, else cuda (if given) on CUDA, else cpu."""
+    if QUICK and quick is not None:
+        return list(quick)
+    if DEVICE == "cuda" and cuda is not None:
+        return list(cuda)
+    return list(cpu)
 
 
 def providers(op, device=None):

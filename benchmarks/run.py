@@ -63,6 +63,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="write JSON, log, RESULTS.md and plots into DIR")
     parser.add_argument("--only", default=None, help="only bench files matching PATTERN (ceilings always run)")
     parser.add_argument("--no-report", action="store_true", help="only write the JSON")
+    parser.add_argument("--no-plots", action="store_true", help="write RESULTS.md without PNG plots")
     parser.add_argument("--timeout", type=float, default=None,
                         help="stop pytest after this many seconds (the report is still written)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
@@ -164,7 +165,7 @@ def main(argv=None):
         inputs = sorted(p for p in glob.glob(os.path.join(json_dir, "*.json"))
                         if not os.path.basename(p).startswith("static"))
     static = os.path.join(json_dir, "static_check.json")
-    report_args = [*inputs, "--out", results_md, "--plots", plots]
+    report_args = [*inputs, "--out", results_md, "--plots", "none" if args.no_plots else plots]
     if os.path.exists(static):
         report_args += ["--static", static]
     report_rc = report.main(report_args)
