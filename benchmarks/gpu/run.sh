@@ -137,17 +137,20 @@ if [ "$DRY" = 1 ]; then
     log "  $PY -m pytest -q tests --junitxml=$OUT/tests.xml"
     log "  $PY benchmarks/run.py --device cuda --dtypes float32,bfloat16 --out $OUT --no-plots"
 else
-    # Reserve time for the later parts so a slow build cannot starve the benchmarks.
-    RESERVE=300 part env 30 env_part
-    RESERVE=280 part build 200 build_part
-    RESERVE=270 part info 30 "$PY" -m fastgan info
+    # Reserve time for the later parts so that a slow build cannot starve the tests and
+    # benchmarks. Caps and reserves are for the default 450 s budget, scaled to others.
+    s() { echo $(( $1 * BUDGET / 450 )); }
+    RESERVE=$(s 400) part env "$(s 30)" env_part
+    RESERVE=$(s 260) part build "$(s 180)" build_part
+    RESERVE=$(s 230) part info "$(s 40)" "$PY" -m fastgan info
     TIMEOUT_ARGS=()
     if "$PY" -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_ARGS=(-p pytest_timeout --timeout=90); fi
-    RESERVE=170 part tests 200 "$PY" -m pytest -q tests -p no:cacheprovider -rfE --maxfail=25 \
+    RESERVE=$(s 170) part tests "$(s 200)" "$PY" -m pytest -q tests -p no:cacheprovider -rfE --maxfail=25 \
         --junitxml="$OUT/tests.xml" "${TIMEOUT_ARGS[@]}"
-    BENCH_CAP=$(( $(remaining) - 25 - (STATIC * 60) ))
+    BENCH_CAP=$(( $(remaining) - 20 - STATIC * 60 ))
+    BENCH_STOP=$(( BENCH_CAP - 30 )); [ "$BENCH_STOP" -ge 10 ] || BENCH_STOP=10
     RESERVE=$(( STATIC * 60 )) part bench "$BENCH_CAP" "$PY" benchmarks/run.py --device cuda \
-        --dtypes float32,bfloat16 --out "$OUT" --no-plots --timeout $(( BENCH_CAP - 30 )) \
+        --dtypes float32,bfloat16 --out "$OUT" --no-plots --timeout "$BENCH_STOP" \
         -- --benchmark-max-time=0.1 --benchmark-min-rounds=5
     if [ "$STATIC" = 1 ]; then
         part static 60 "$PY" benchmarks/gpu/static_check.py --arch 90 --jobs "$(nproc)" --json "$OUT/static_check.json"
