@@ -58,6 +58,7 @@ def test_ptx_and_sass_features():
 def test_short_name():
     assert sc.short_name("void fastgan::k<float, (int)4>(float const*, float*)") == "fastgan::k<float, (int)4>"
     assert sc.short_name("fastgan::plain(int)") == "fastgan::plain"
+    assert sc.short_name("void fastgan::(anonymous namespace)::k<float>(float const*, int)") == "fastgan::k<float>"
 
 
 def test_table_marks_missing_values():

@@ -144,7 +144,7 @@ else
     RESERVE=$(s 260) part build "$(s 180)" build_part
     RESERVE=$(s 230) part info "$(s 40)" "$PY" -m fastgan info
     TIMEOUT_ARGS=()
-    if "$PY" -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_ARGS=(-p pytest_timeout --timeout=90); fi
+    if "$PY" -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_ARGS=(--timeout=90); fi
     RESERVE=$(s 170) part tests "$(s 200)" "$PY" -m pytest -q tests -p no:cacheprovider -rfE --maxfail=25 \
         --junitxml="$OUT/tests.xml" "${TIMEOUT_ARGS[@]}"
     BENCH_CAP=$(( $(remaining) - 20 - STATIC * 60 ))

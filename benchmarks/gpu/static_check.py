@@ -45,6 +45,7 @@ import argparse  # noqa: E402
 import concurrent.futures  # noqa: E402
 import glob  # noqa: E402
 import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
@@ -226,18 +227,23 @@ def demangle(names):
 
 
 def short_name(pretty):
-    """'void fastgan::foo_kernel<float, 4>(float const*, ...)' -> 'fastgan::foo_kernel<float, 4>'."""
-    text = pretty
+    """'void fastgan::(anonymous namespace)::k<float, 4>(float const*, int)' ->
+    'fastgan::k<float, 4>': drop the return type, the parameter list (the balanced
+    parentheses at the end) and anonymous namespaces."""
+    text = pretty.strip()
+    if text.endswith(")"):
+        depth = 0
+        for i in range(len(text) - 1, -1, -1):
+            if text[i] == ")":
+                depth += 1
+            elif text[i] == "(":
+                depth -= 1
+                if depth == 0:
+                    text = text[:i]
+                    break
+    text = text.replace("(anonymous namespace)::", "")
     if text.startswith("void "):
         text = text[5:]
-    depth = 0
-    for i, ch in enumerate(text):
-        if ch == "<":
-            depth += 1
-        elif ch == ">":
-            depth -= 1
-        elif ch == "(" and depth == 0:
-            return text[:i]
     return text
 
 
@@ -513,7 +519,6 @@ def compile_triton(spec, arch, ptxas, workdir):
 def _load_module(name_or_path):
     """fastgan.kernels.<name>, or a module loaded from a file path (--triton-files)."""
     if name_or_path.endswith(".py"):
-        import importlib.util
         stem = os.path.splitext(os.path.basename(name_or_path))[0]
         spec = importlib.util.spec_from_file_location(f"_static_check_{stem}", name_or_path)
         mod = importlib.util.module_from_spec(spec)
