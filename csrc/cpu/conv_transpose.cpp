@@ -26,9 +26,17 @@
 #include <algorithm>
 #include <array>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "conv_transpose.h"
+
+// Let GCC if-convert the epilogue's float selects (relu, clamp, ...) into vector
+// min/max/blend: without this, -ftrapping-math keeps them as branches and the loops
+// stay scalar. Nothing here relies on floating-point traps.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 
 namespace fastgan {
 namespace conv_transpose {
@@ -39,7 +47,8 @@ namespace {
 // [-87, 88]. Used for tanh/sigmoid in the float epilogue; double uses libm.
 inline float fast_expf(float x) {
   x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
-  const float k = __builtin_roundf(x * 1.44269504088896341f);
+  const float kf = x * 1.44269504088896341f;
+  const float k = float(int32_t(kf + (kf >= 0.f ? 0.5f : -0.5f)));  // round half away (vectorises)
   const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187045e-06f;
   float p = 1.f / 720.f;
   p = p * r + 1.f / 120.f;
@@ -110,7 +119,7 @@ Geom make_geom(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
 // Samples per chunk: keep the cols block around `budget` bytes (env FASTGAN_CT_CHUNK_KB
 // overrides, for tuning), at least one sample.
 int64_t chunk_samples(const Geom& g, int64_t elem) {
-  int64_t budget = 4 << 20;
+  int64_t budget = 2 << 20;
   if (const char* env = std::getenv("FASTGAN_CT_CHUNK_KB")) budget = std::max<int64_t>(1, std::atoll(env)) << 10;
   int64_t per = g.Cokk() * g.HW() * elem;
   return std::max<int64_t>(1, std::min<int64_t>(g.N, budget / std::max<int64_t>(per, 1)));
@@ -130,12 +139,26 @@ struct HTap { int64_t a, ih; };
 struct WTap { int64_t c, l, mlo, mhi; };
 struct WPhase { int64_t ow0, M, q0, first, count; };
 
+struct HPhase { int64_t oh0, T, qh0; std::vector<int64_t> a, j; };
+
 struct PhaseTables {
   std::vector<int64_t> hfirst, hcount;  // per oh, into htaps
   std::vector<HTap> htaps;
   std::vector<WPhase> wph;               // per rw with outputs
   std::vector<WTap> wtaps;
+  std::vector<HPhase> hph;               // per rh with outputs (rows oh0 + t*sh, qh = qh0 + t)
+  std::vector<int64_t> row_phase, row_t; // per oh: index into hph, and t
+  bool planes;                           // every column phase has exactly W outputs
   explicit PhaseTables(const Geom& g) {
+    row_phase.assign(g.Ho, 0); row_t.assign(g.Ho, 0);
+    for (int64_t rh = 0; rh < g.sh; ++rh) {
+      const int64_t oh0 = ((rh - g.ph) % g.sh + g.sh) % g.sh;
+      if (oh0 >= g.Ho) continue;
+      HPhase hp{oh0, (g.Ho - oh0 + g.sh - 1) / g.sh, (oh0 + g.ph) / g.sh, {}, {}};
+      for (int64_t a = rh; a < g.kh; a += g.sh) { hp.a.push_back(a); hp.j.push_back((a - rh) / g.sh); }
+      for (int64_t t = 0; t < hp.T; ++t) { row_phase[oh0 + t * g.sh] = int64_t(hph.size()); row_t[oh0 + t * g.sh] = t; }
+      hph.push_back(hp);
+    }
     for (int64_t oh = 0; oh < g.Ho; ++oh) {
       const int64_t th = oh + g.ph, rh = th % g.sh, qh = th / g.sh;
       hfirst.push_back(int64_t(htaps.size()));
@@ -157,8 +180,82 @@ struct PhaseTables {
       ph.count = int64_t(wtaps.size()) - ph.first;
       wph.push_back(ph);
     }
+    planes = g.W >= 4;
+    for (const WPhase& ph : wph) planes = planes && ph.M == g.W;
   }
 };
+
+// The same gather, phase plane by phase plane: when a column phase has exactly W
+// outputs (k = 2s, p = s/2 and friends: all GAN upsampling layers), a tap's
+// contribution to plane (rh, rw) is one contiguous run of the cols row (a flat loop over
+// whole rows); the few positions whose input column falls outside [0, W) are saved
+// before and restored after, so the result is bit-identical to the row-by-row gather.
+template <typename T, int ACT>
+void gather_epilogue_planes(const Geom& g, const PhaseTables& pt, const T* cols, int64_t ts, int64_t ss,
+                            const T* bias, T* y, int64_t n0, int64_t nb, T slope, T gain, T clamp) {
+  const int64_t W = g.W;
+  at::parallel_for(0, nb * g.Cout, 1, [&](int64_t begin, int64_t end) {
+    const int64_t nwp = int64_t(pt.wph.size()), nhp = int64_t(pt.hph.size());
+    std::vector<T> planes(nhp * nwp * (g.H + g.kh + 1) * W), row(g.Wo), saved(2 * (g.H + g.kh + 1) * W + 16);
+    std::vector<int64_t> plane_off(nhp * nwp);
+    {
+      int64_t off = 0;
+      for (int64_t h = 0; h < nhp; ++h)
+        for (int64_t v = 0; v < nwp; ++v) { plane_off[h * nwp + v] = off; off += pt.hph[h].T * W; }
+    }
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t co = idx / nb, nl = idx % nb;
+      const T bv = bias ? bias[co] : T(0);
+      const T* cbase = cols + co * g.kh * g.kw * ts + nl * ss;
+      for (int64_t h = 0; h < nhp; ++h) {
+        const HPhase& hp = pt.hph[h];
+        for (int64_t v = 0; v < nwp; ++v) {
+          const WPhase& wp = pt.wph[v];
+          T* P = planes.data() + plane_off[h * nwp + v];
+          const int64_t n = hp.T * W;
+          for (int64_t i = 0; i < n; ++i) P[i] = bv;
+          for (size_t ia = 0; ia < hp.a.size(); ++ia) {
+            const int64_t a = hp.a[ia], j = hp.j[ia];
+            const int64_t tlo = std::max<int64_t>(0, j - hp.qh0), thi = std::min<int64_t>(hp.T, g.H + j - hp.qh0);
+            if (tlo >= thi) continue;
+            for (int64_t k = 0; k < wp.count; ++k) {
+              const WTap& wt = pt.wtaps[wp.first + k];
+              // P[t*W + m] += src[t*W + m] for t in [tlo, thi), m in [mlo, mhi)
+              const T* src = cbase + (a * g.kw + wt.c) * ts + (hp.qh0 - j) * W + (wp.q0 - wt.l);
+              const int64_t f0 = tlo * W + wt.mlo, f1 = (thi - 1) * W + wt.mhi;
+              int64_t ns = 0;
+              for (int64_t t = tlo; t < thi; ++t) {  // save the wrapped-around positions
+                for (int64_t m = 0; m < wt.mlo; ++m) if (t * W + m >= f0 && t * W + m < f1) saved[ns++] = P[t * W + m];
+                for (int64_t m = wt.mhi; m < W; ++m) if (t * W + m >= f0 && t * W + m < f1) saved[ns++] = P[t * W + m];
+              }
+#pragma omp simd
+              for (int64_t f = f0; f < f1; ++f) P[f] += src[f];
+              ns = 0;
+              for (int64_t t = tlo; t < thi; ++t) {
+                for (int64_t m = 0; m < wt.mlo; ++m) if (t * W + m >= f0 && t * W + m < f1) P[t * W + m] = saved[ns++];
+                for (int64_t m = wt.mhi; m < W; ++m) if (t * W + m >= f0 && t * W + m < f1) P[t * W + m] = saved[ns++];
+              }
+            }
+          }
+        }
+      }
+      T* yplane = y + ((n0 + nl) * g.Cout + co) * g.Ho * g.Wo;
+      for (int64_t oh = 0; oh < g.Ho; ++oh) {
+        const int64_t h = pt.row_phase[oh], t = pt.row_t[oh];
+        for (int64_t v = 0; v < nwp; ++v) {
+          const T* P = planes.data() + plane_off[h * nwp + v] + t * W;
+          T* r = row.data() + pt.wph[v].ow0;
+          const int64_t sw = g.sw;
+          for (int64_t m = 0; m < W; ++m) r[m * sw] = P[m];
+        }
+        T* yrow = yplane + oh * g.Wo;
+        const T* r = row.data();
+#pragma omp simd
+        for (int64_t i = 0; i < g.Wo; ++i) yrow[i] = fast_epilogue<T, ACT>(r[i], slope, gain, clamp);
+      }
+    }
+  });
+}
 
 // Gather + epilogue for samples [n0, n0+nb) from cols: element (tap, nl, ih, iw) at
 // cols[tap*ts + nl*ss + ih*W + iw] (ts, ss: tap and sample strides of the layout).
@@ -207,6 +304,17 @@ void gather_epilogue(const Geom& g, const PhaseTables& pt, const T* cols, int64_
       }
     }
   });
+}
+
+template <typename T, int ACT>
+void gather(const Geom& g, const PhaseTables& pt, const T* cols, int64_t ts, int64_t ss, const T* bias, T* y,
+            int64_t n0, int64_t nb, T slope, T gain, T clamp) {
+  static const int mode = [] {
+    const char* e = std::getenv("FASTGAN_CT_GATHER");  // "rows" forces the row-by-row gather (tests, tuning)
+    return (e && std::string(e) == "rows") ? 1 : 0;
+  }();
+  if (pt.planes && mode == 0) gather_epilogue_planes<T, ACT>(g, pt, cols, ts, ss, bias, y, n0, nb, slope, gain, clamp);
+  else gather_epilogue<T, ACT>(g, pt, cols, ts, ss, bias, y, n0, nb, slope, gain, clamp);
 }
 
 // In-place epilogue on y viewed as [N, Cout, P] (P = Ho*Wo).
@@ -270,11 +378,11 @@ void forward_impl(const Geom& g, const at::Tensor& x, const at::Tensor& w, const
     const T* cp = cols.data_ptr<T>();
     T* yp = y.data_ptr<T>();
     switch (act) {
-      case kRelu: gather_epilogue<T, kRelu>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
-      case kLrelu: gather_epilogue<T, kLrelu>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
-      case kTanh: gather_epilogue<T, kTanh>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
-      case kSigmoid: gather_epilogue<T, kSigmoid>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
-      default: gather_epilogue<T, kLinear>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
+      case kRelu: gather<T, kRelu>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
+      case kLrelu: gather<T, kLrelu>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
+      case kTanh: gather<T, kTanh>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
+      case kSigmoid: gather<T, kSigmoid>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
+      default: gather<T, kLinear>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
     }
   }
 }
