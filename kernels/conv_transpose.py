@@ -57,11 +57,10 @@ _TUNE_TC = [  # tensor cores: fp16, bf16, and float32 with TF32 allowed
     (128, 16, 64, 4, 4),
 ]
 _TUNE_FMA = [  # exact float32: tl.dot becomes FMAs, so smaller tiles per thread
-    (64, 64, 32, 4, 3),
+    (64, 64, 16, 4, 3),
     (128, 64, 16, 8, 3),
     (64, 128, 16, 8, 3),
     (128, 128, 16, 8, 2),
-    (32, 64, 32, 4, 3),
     (128, 16, 32, 4, 3),
 ]
 _INTERP_TUNE = [(32, 16, 16, 1, 1)]
