@@ -277,3 +277,21 @@ def test_triton_aot_specs_describe_the_kernels():
             assert (ty == "constexpr") == (arg in s["constexprs"])
     dtypes = {s["signature"]["g_ptr"] for s in specs if s["fn"] is k._grad_norm_sumsq_kernel}
     assert dtypes == {"*fp32", "*fp16", "*bf16", "*fp64"}
+
+
+@pytest.mark.parametrize("stream", ["0", "1"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", [p for p in backend_params(OP) if p.id == "cpu"])
+def test_cpu_backward_store_paths(backend, dtype, stream, monkeypatch):
+    """The CPU backward writes large outputs with streaming (non-temporal) stores; force
+    each path on a small input whose samples start unaligned (D odd) so the scalar head,
+    the 32-byte body and the tail all run."""
+    monkeypatch.setenv("FASTGAN_CPU_STREAM_STORES", stream)
+    g = torch.randn(5, 3, 67, 71, dtype=dtype)  # D = 14271: odd, one chunk per sample
+    g2 = torch.randn(3, 5, 67, 71, dtype=dtype)  # D = 23785: two chunks per sample
+    for x in (g, g2):
+        _, sumsq = torch.ops.fastgan_C.grad_norm_forward(x, 0.7)
+        go = torch.tensor(1.1, dtype=sumsq.dtype)
+        heap_poison(x)
+        got = torch.ops.fastgan_C.grad_norm_backward(go, x, sumsq, 0.7)
+        torch.testing.assert_close(got, ref.grad_norm_penalty_backward(go, x, 0.7), **OUT_TOL[dtype])
