@@ -98,6 +98,23 @@ def _epilogue(v, ACT: tl.constexpr, negative_slope, gain, clamp, HAS_CLAMP: tl.c
 
 
 @triton.jit
+def _store_tile(y_ptr, out, y_row, offs_n, mask_m, mask_n, stride_yc, N_ALIGN: tl.constexpr,
+                Y_CHANNELS_LAST: tl.constexpr):
+    """Store the [BLOCK_M, BLOCK_N] tile `out` at y_ptr + y_row[m] + offs_n[c]*stride_yc."""
+    if Y_CHANNELS_LAST:
+        # Channels are contiguous in y (every row offset is a multiple of the channel
+        # count): store the tile as [BLOCK_M, BLOCK_N], vectorised along the channels.
+        y_ptrs = y_ptr + (tl.multiple_of(y_row, N_ALIGN)[:, None] + offs_n[None, :] * stride_yc)
+        tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    else:
+        # NCHW: neighbouring rows m are neighbours (stride s_w) in y, so store the
+        # transposed tile [BLOCK_N, BLOCK_M]; the compiler then spreads the threads along
+        # m, which coalesces the stores and computes each row's address once per thread.
+        y_ptrs = y_ptr + (offs_n[:, None] * stride_yc + y_row[None, :])
+        tl.store(y_ptrs, tl.trans(out.to(y_ptr.dtype.element_ty)), mask=mask_n[:, None] & mask_m[None, :])
+
+
+@triton.jit
 def _conv_transpose_phase_kernel(
     x_ptr, wp_ptr, b_ptr, y_ptr,
     N, C_in, H, W, C_out, H_out, W_out,
@@ -178,23 +195,77 @@ def _conv_transpose_phase_kernel(
     oh = ph + SH * i
     ow = pw + SW * j
     y_row = n_img * stride_yn + oh * stride_yh + ow * stride_yw  # [BLOCK_M]
-    if Y_CHANNELS_LAST:
-        # co is contiguous in y (every row offset is a multiple of C_out): store the tile
-        # as [BLOCK_M, BLOCK_N], vectorised along co.
-        y_ptrs = y_ptr + (tl.multiple_of(y_row, N_ALIGN)[:, None] + offs_n[None, :] * stride_yc)
-        tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-    else:
-        # NCHW: neighbouring rows m are neighbours (stride s_w) in y, so store the
-        # transposed tile [BLOCK_N, BLOCK_M]; the compiler then spreads the threads along
-        # m, which coalesces the stores and computes each row's address once per thread.
-        y_ptrs = y_ptr + (offs_n[:, None] * stride_yc + y_row[None, :])
-        tl.store(y_ptrs, tl.trans(out.to(y_ptr.dtype.element_ty)), mask=mask_n[:, None] & mask_m[None, :])
+    _store_tile(y_ptr, out, y_row, offs_n, mask_m, mask_n, stride_yc, N_ALIGN, Y_CHANNELS_LAST)
 
 
 _TUNE_KEY = ["N", "C_in", "H", "W", "C_out", "SH", "SW", "KH", "KW", "stride_yc"]
 # Two autotuned launchers over the same kernel: tensor-core tiles and FMA (exact fp32) tiles.
 _conv_transpose_phase_tc = triton.autotune(configs=_configs(_TUNE_TC), key=_TUNE_KEY)(_conv_transpose_phase_kernel)
 _conv_transpose_phase_fma = triton.autotune(configs=_configs(_TUNE_FMA), key=_TUNE_KEY)(_conv_transpose_phase_kernel)
+
+
+@triton.jit
+def _conv_transpose_grad_input_kernel(
+    g_ptr, wg_ptr, dx_ptr,
+    N, C_in, H, W, C_out, H_out, W_out,
+    stride_gn, stride_gc, stride_gh, stride_gw,
+    stride_dn, stride_dc, stride_dh, stride_dw,
+    SH, SW, PH, PW, KH, KW,
+    DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, K_ALIGN: tl.constexpr, N_ALIGN: tl.constexpr,
+    Y_CHANNELS_LAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """dx = conv2d(g, w, stride, padding): the input gradient of the transposed convolution,
+    an ordinary strided convolution, as an implicit GEMM with
+
+        M = N*H*W rows (n, ih, iw),  N = C_in,  K = KH*KW taps x C_out channels
+        A[m, (kh, kw, co)] = g[n, co, ih*s_h - p_h + kh, iw*s_w - p_w + kw]  (0 outside)
+        B[(kh, kw, co), ci] = wg[kh, kw, co, ci] = w[ci, co, kh, kw]
+
+    g is read channels-last (K_ALIGN divides C_out), wg is packed by the host."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    hw = H * W
+    m_total = N * hw
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < m_total
+    mask_n = offs_n < C_in
+    n_img = offs_m // hw
+    rem = offs_m - n_img * hw
+    ih = rem // W
+    iw = rem - ih * W
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    g_img = n_img * stride_gn
+    for tap in range(0, KH * KW):
+        kh = tap // KW
+        kw = tap - kh * KW
+        oh = ih * SH - PH + kh
+        ow = iw * SW - PW + kw
+        ok_m = mask_m & (oh >= 0) & (oh < H_out) & (ow >= 0) & (ow < W_out)
+        g_off = tl.multiple_of(g_img + oh * stride_gh + ow * stride_gw, K_ALIGN)
+        w_tap = tap * C_out * C_in
+        for c0 in range(0, C_out, BLOCK_K):
+            co = c0 + offs_k
+            ok_k = co < C_out
+            a = tl.load(g_ptr + (g_off[:, None] + co[None, :] * stride_gc),
+                        mask=ok_m[:, None] & ok_k[None, :], other=0.0)
+            b = tl.load(wg_ptr + (tl.multiple_of(w_tap + co * C_in, N_ALIGN)[:, None] + offs_n[None, :]),
+                        mask=ok_k[:, None] & mask_n[None, :], other=0.0)
+            if UPCAST_DOT:  # interpreter only: see _UPCAST_DOT
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    d_row = n_img * stride_dn + ih * stride_dh + iw * stride_dw
+    _store_tile(dx_ptr, acc, d_row, offs_n, mask_m, mask_n, stride_dc, N_ALIGN, Y_CHANNELS_LAST)
+
+
+_GRAD_KEY = ["N", "C_in", "H", "W", "C_out", "SH", "SW", "KH", "KW", "stride_dc"]
+_grad_input_tc = triton.autotune(configs=_configs(_TUNE_TC), key=_GRAD_KEY)(_conv_transpose_grad_input_kernel)
+_grad_input_fma = triton.autotune(configs=_configs(_TUNE_FMA), key=_GRAD_KEY)(_conv_transpose_grad_input_kernel)
 
 
 # ---------------------------------------------------------------- host side
@@ -231,8 +302,8 @@ def output_size(H, W, kh, kw, stride, padding, output_padding):
     return (H - 1) * sh - 2 * ph + kh - 1 + oph + 1, (W - 1) * sw - 2 * pw + kw - 1 + opw + 1
 
 
-def supports(x, w, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    """None if forward() can compute this call, else the reason it cannot."""
+def _tensor_reason(x, w):
+    """Device, dtype and rank requirements shared by forward() and grad_input()."""
     if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
         return "the Triton kernel needs tensor arguments"
     if x.device.type != "cuda" and not (_INTERPRET and x.device.type == "cpu"):
@@ -248,7 +319,15 @@ def supports(x, w, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     if x.dim() != 4 or w.dim() != 4:
         return (f"the Triton kernel takes a 4-D input [N, C_in, H, W] and 4-D weight "
                 f"[C_in, C_out, kh, kw], got {tuple(x.shape)} and {tuple(w.shape)}")
-    if _pair(groups, "groups") != (1, 1) and groups != 1:
+    return None
+
+
+def supports(x, w, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """None if forward() can compute this call, else the reason it cannot."""
+    reason = _tensor_reason(x, w)
+    if reason is not None:
+        return reason
+    if groups != 1:
         return f"the Triton kernel covers groups=1 only, got groups={groups}"
     if _pair(dilation, "dilation") != (1, 1):
         return f"the Triton kernel covers dilation=1 only, got dilation={dilation}"
@@ -333,20 +412,84 @@ def forward(x, w, b, stride, padding, output_padding, activation="linear", negat
     return y
 
 
+def grad_input(grad_pre, w, stride, padding, input_shape, out=None):
+    """dx[n, ci, ih, iw] = sum_{co, kh, kw} grad_pre[n, co, ih*s - p + kh, iw*s - p + kw] * w[ci, co, kh, kw]
+    (terms outside grad_pre dropped): the gradient of the transposed convolution with
+    respect to its input, i.e. conv2d(grad_pre, w, stride, padding) cropped to
+    input_shape = (N, C_in, H, W). grad_pre [N, C_out, H_out, W_out] is the gradient of
+    the pre-activation (the epilogue's derivative already applied). groups=1, dilation=1.
+    The result is channels-last when grad_pre is, else NCHW (or written into `out`)."""
+    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
+    N, C_in, H, W = (int(v) for v in input_shape)
+    if grad_pre.dim() != 4 or w.dim() != 4 or grad_pre.shape[0] != N or grad_pre.shape[1] != w.shape[1] \
+            or w.shape[0] != C_in:
+        raise ValueError(f"grad_input: grad_pre {tuple(grad_pre.shape)}, weight {tuple(w.shape)} and "
+                         f"input_shape {tuple(input_shape)} do not fit together (grad_pre [N, C_out, H_out, "
+                         f"W_out], weight [C_in, C_out, kh, kw])")
+    reason = _tensor_reason(grad_pre, w)
+    if reason is None and max(grad_pre.numel(), N * C_in * H * W, w.numel()) >= 2**31:
+        reason = "tensors of 2**31 or more elements need 64-bit indexing, which this kernel does not use"
+    if reason is not None:
+        raise ValueError(f"fastgan Triton conv_transpose grad_input cannot run this call: {reason}")
+    _, C_out, H_out, W_out = grad_pre.shape
+    KH, KW = w.shape[2], w.shape[3]
+    channels_last = grad_pre.is_contiguous(memory_format=torch.channels_last) and not grad_pre.is_contiguous()
+    if out is None:
+        dx = torch.empty((N, C_in, H, W), device=grad_pre.device, dtype=grad_pre.dtype,
+                         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    else:
+        if out.shape != (N, C_in, H, W) or out.dtype != grad_pre.dtype or out.device != grad_pre.device:
+            raise ValueError(f"out must be {(N, C_in, H, W)} {grad_pre.dtype} on {grad_pre.device}, got "
+                             f"{tuple(out.shape)} {out.dtype} on {out.device}")
+        dx = out
+    if dx.numel() == 0:
+        return dx
+    g = grad_pre.contiguous(memory_format=torch.channels_last)
+    wg = w.permute(2, 3, 1, 0).contiguous()  # wg[kh, kw, co, ci]
+    prec = "tf32" if (g.dtype == torch.float32 and _tf32_allowed()) else "ieee"
+    launcher = _grad_input_fma if (g.dtype == torch.float32 and prec == "ieee") else _grad_input_tc
+    grid = lambda meta: (triton.cdiv(N * H * W, meta["BLOCK_M"]), triton.cdiv(C_in, meta["BLOCK_N"]))  # noqa: E731
+    launcher[grid](
+        g, wg, dx,
+        N, C_in, H, W, C_out, H_out, W_out,
+        *g.stride(), *dx.stride(),
+        stride[0], stride[1], padding[0], padding[1], KH, KW,
+        DOT_PRECISION=prec, UPCAST_DOT=_INTERPRET and g.dtype == torch.bfloat16,
+        K_ALIGN=_pow2_divisor(C_out), N_ALIGN=_pow2_divisor(C_in),
+        Y_CHANNELS_LAST=dx.is_contiguous(memory_format=torch.channels_last),
+    )
+    return dx
+
+
 # ---------------------------------------------------------------- ahead-of-time specs
 _TRITON_TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # The epilogues the DCGAN / StyleGAN layers launch: (ACT, HAS_BIAS, HAS_CLAMP).
 _AOT_EPILOGUES = {"relu": (1, True, False), "tanh": (3, True, False), "lrelu_clamp": (2, True, True)}
-_POINTERS = ("x_ptr", "wp_ptr", "b_ptr", "y_ptr")
-# Arguments divisible by 16 on the DCGAN layers with 64..512 channels (Triton's launcher
-# specialises such arguments the same way at run time).
-_DIV16 = _POINTERS + ("C_in", "C_out", "stride_xn", "stride_xh", "stride_xw", "stride_yn", "stride_yc")
+_FLOAT_ARGS = ("negative_slope", "gain", "clamp")
+
+
+def _spec(fn, name, ty, constexprs, cfg, pointers, div16):
+    bm, bn, bk, nw, ns = cfg
+    constexprs = dict(constexprs, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in constexprs:
+            signature[arg] = "constexpr"
+        elif arg in pointers:
+            signature[arg] = "*" + ty
+        elif arg in _FLOAT_ARGS:
+            signature[arg] = "fp32"
+        else:
+            signature[arg] = "i32"
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in pointers + div16}
+    return {"name": f"{name}_m{bm}n{bn}k{bk}w{nw}s{ns}", "fn": fn, "signature": signature,
+            "constexprs": constexprs, "attrs": attrs, "num_warps": nw, "num_stages": ns}
 
 
 def aot_specs():
-    """The specialisations forward() launches for float32 and bfloat16 on the DCGAN layers,
-    for triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget(...),
-    options={"num_warps", "num_stages"}).
+    """The specialisations forward() (and grad_input()) launch for float32 and bfloat16 on
+    the DCGAN layers, for triton.compile(ASTSource(fn, signature, constexprs, attrs),
+    target=GPUTarget("cuda", 90, 32), options={"num_warps", "num_stages"}).
 
     As at run time: x is channels-last (stride_xc == 1, which Triton specialises to a
     constexpr), y is NCHW (stride_yw == 1), channel counts divisible by 16 (K_ALIGN,
@@ -354,41 +497,34 @@ def aot_specs():
     channel-multiple strides, which Triton's launcher infers the same way at run time;
     DCGAN's C_in=100 and C_out=3 layers launch with fewer such facts).
     Float32 uses the FMA tile table (exact IEEE) and, as a separate set, the tensor-core
-    table with TF32. One spec per tile config with the ReLU epilogue, plus the tanh and
-    clamped-lrelu epilogues on the first config."""
-    fn = _conv_transpose_phase_kernel
+    table with TF32. Forward: one spec per tile config with the ReLU epilogue, plus the
+    tanh and clamped-lrelu epilogues on the first config. grad_input: the first config of
+    each table."""
     specs = []
+    fwd, bwd = _conv_transpose_phase_kernel, _conv_transpose_grad_input_kernel
+    fwd_ptrs, bwd_ptrs = ("x_ptr", "wp_ptr", "b_ptr", "y_ptr"), ("g_ptr", "wg_ptr", "dx_ptr")
+    fwd_div = ("C_in", "C_out", "stride_xn", "stride_xh", "stride_xw", "stride_yn", "stride_yc")
+    bwd_div = ("C_in", "C_out", "stride_gn", "stride_gh", "stride_gw", "stride_dn", "stride_dc")
     for dtype in (torch.float32, torch.bfloat16):
         ty = _TRITON_TYPE[dtype]
         variants = [(epi, "ieee") for epi in _AOT_EPILOGUES]
         if dtype == torch.float32:
             variants.append(("relu", "tf32"))
-        cases = []
         for epi_name, prec in variants:
             table = _TUNE_FMA if (dtype == torch.float32 and prec == "ieee") else _TUNE_TC
-            for idx, cfg in enumerate(table):
-                if idx == 0 or (epi_name == "relu" and prec == "ieee") or prec == "tf32":
-                    cases.append((epi_name, prec, cfg))
-        for epi_name, prec, (bm, bn, bk, nw, ns) in cases:
             act, has_bias, has_clamp = _AOT_EPILOGUES[epi_name]
-            constexprs = {"stride_xc": 1, "stride_yw": 1, "ACT": act, "HAS_BIAS": has_bias,
-                          "HAS_CLAMP": has_clamp, "DOT_PRECISION": prec, "UPCAST_DOT": False,
-                          "K_ALIGN": 8, "N_ALIGN": 8, "Y_CHANNELS_LAST": False,
-                          "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}
-            signature = {}
-            for arg in fn.arg_names:
-                if arg in constexprs:
-                    signature[arg] = "constexpr"
-                elif arg in _POINTERS:
-                    signature[arg] = "*" + ty
-                elif arg in ("negative_slope", "gain", "clamp"):
-                    signature[arg] = "fp32"
-                else:
-                    signature[arg] = "i32"
-            attrs = {(fn.arg_names.index(p),): [["tt.divisibility", 16]] for p in _DIV16}
-            specs.append({
-                "name": f"conv_transpose_phase_{ty}_{epi_name}_{prec}_m{bm}n{bn}k{bk}w{nw}s{ns}",
-                "fn": fn, "signature": signature, "constexprs": constexprs, "attrs": attrs,
-                "num_warps": nw, "num_stages": ns,
-            })
+            for idx, cfg in enumerate(table):
+                if not (idx == 0 or (epi_name == "relu" and prec == "ieee") or prec == "tf32"):
+                    continue
+                constexprs = {"stride_xc": 1, "stride_yw": 1, "ACT": act, "HAS_BIAS": has_bias,
+                              "HAS_CLAMP": has_clamp, "DOT_PRECISION": prec, "UPCAST_DOT": False,
+                              "K_ALIGN": 8, "N_ALIGN": 8, "Y_CHANNELS_LAST": False}
+                specs.append(_spec(fwd, f"conv_transpose_phase_{ty}_{epi_name}_{prec}", ty, constexprs, cfg,
+                                   fwd_ptrs, fwd_div))
+        for prec in (("ieee", "tf32") if dtype == torch.float32 else ("ieee",)):
+            table = _TUNE_FMA if (dtype == torch.float32 and prec == "ieee") else _TUNE_TC
+            constexprs = {"stride_gc": 1, "stride_dw": 1, "DOT_PRECISION": prec, "UPCAST_DOT": False,
+                          "K_ALIGN": 8, "N_ALIGN": 8, "Y_CHANNELS_LAST": False}
+            specs.append(_spec(bwd, f"conv_transpose_grad_input_{ty}_{prec}", ty, constexprs, table[0],
+                               bwd_ptrs, bwd_div))
     return specs

@@ -154,6 +154,37 @@ def test_triton_layouts(device):
     torch.testing.assert_close(out.double().cpu(), want, **TOL[torch.float32])
 
 
+def _expected_grad_input(c, g, w):
+    """d/dx of <conv_transpose2d(x, w), g> in float64, by autograd through F.conv_transpose2d."""
+    import torch.nn.functional as F
+    x = torch.zeros(c["shape"], dtype=torch.float64, requires_grad=True)
+    y = F.conv_transpose2d(x, w.detach().double().cpu(), None, c["stride"], c["padding"], c["output_padding"])
+    return torch.autograd.grad(y, x, g.detach().double().cpu())[0]
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES or [pytest.param("none", marks=pytest.mark.skip(
+    reason="Triton needs a CUDA device or TRITON_INTERPRET=1"))])
+@pytest.mark.parametrize("case,dtype", [(c, torch.float32) for c in FIXED + CASES[len(FIXED)::2]]
+                         + [(c, torch.bfloat16) for c in FIXED],  # bf16: fixed cases (slow interpreter)
+                         ids=lambda v: str(v) if isinstance(v, torch.dtype) else _case_id(v))
+def test_triton_grad_input_matches_autograd(case, dtype, device):
+    """grad_input(g, w) = conv2d(g, w, stride, padding): the input gradient of the
+    transposed convolution, into a poisoned buffer."""
+    k = _kernels()
+    x, w, _ = _inputs(case, dtype, device)
+    H_out = (case["shape"][2] - 1) * case["stride"][0] - 2 * case["padding"][0] + case["w_shape"][2] + case["output_padding"][0]
+    W_out = (case["shape"][3] - 1) * case["stride"][1] - 2 * case["padding"][1] + case["w_shape"][3] + case["output_padding"][1]
+    g = torch.randn(case["shape"][0], case["w_shape"][1], H_out, W_out, dtype=torch.float64).to(dtype).to(device)
+    out = torch.full(case["shape"], float("nan"), dtype=dtype, device=device)
+    dx = k.grad_input(g, w, case["stride"], case["padding"], x.shape, out=out)
+    assert dx is out
+    torch.testing.assert_close(dx.double().cpu(), _expected_grad_input(case, g, w), **TOL[dtype])
+    if case is FIXED[0]:  # channels-last gradient in -> channels-last result
+        dxc = k.grad_input(g.contiguous(memory_format=torch.channels_last), w, case["stride"], case["padding"], x.shape)
+        assert dxc.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(dxc.double().cpu(), _expected_grad_input(case, g, w), **TOL[dtype])
+
+
 def test_pack_weight_definition():
     """wp[r_h, r_w, t, u, ci, co] == w[ci, co, r_h + s_h*t, r_w + s_w*u], zero past the kernel."""
     k = _kernels()
@@ -248,12 +279,14 @@ for s in k.aot_specs():
 
 
 def test_triton_compiles_for_sm90_with_tensor_cores_and_no_spills():
-    """Compile (no GPU needed) the bf16 and TF32 specialisations of the biggest tile for
-    sm_90: the PTX must contain wgmma (or mma.sync) and the cubin no stack (spills)."""
+    """Compile (no GPU needed) the bf16 and TF32 forward specialisations of the biggest tile
+    and the bf16 grad_input for sm_90: the PTX must contain wgmma (or mma.sync) and the
+    cubin no stack (spills)."""
     k = _kernels()
     names = [s["name"] for s in k.aot_specs()]
     pick = [next(n for n in names if n.startswith("conv_transpose_phase_bf16_relu_ieee_m128n128")),
-            next(n for n in names if n.startswith("conv_transpose_phase_fp32_relu_tf32"))]
+            next(n for n in names if n.startswith("conv_transpose_phase_fp32_relu_tf32")),
+            next(n for n in names if n.startswith("conv_transpose_grad_input_bf16"))]
     env = {kk: v for kk, v in os.environ.items() if kk != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, *pick], capture_output=True, text=True, env=env,
                        timeout=300)
