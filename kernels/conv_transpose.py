@@ -395,7 +395,10 @@ def forward(x, w, b, stride, padding, output_padding, activation="linear", negat
     sh, sw = stride
     m_max = N * (-(-H_out // sh)) * (-(-W_out // sw))  # phase (0, 0) is the largest
     prec = "tf32" if (x.dtype == torch.float32 and _tf32_allowed()) else "ieee"
-    grid = lambda meta: (triton.cdiv(m_max, meta["BLOCK_M"]), triton.cdiv(C_out, meta["BLOCK_N"]), sh * sw)  # noqa: E731
+
+    def grid(meta):
+        return triton.cdiv(m_max, meta["BLOCK_M"]), triton.cdiv(C_out, meta["BLOCK_N"]), sh * sw
+
     launcher = _conv_transpose_phase_fma if (x.dtype == torch.float32 and prec == "ieee") else _conv_transpose_phase_tc
     launcher[grid](
         x, wp, b.contiguous() if b is not None else wp, y,
@@ -448,7 +451,10 @@ def grad_input(grad_pre, w, stride, padding, input_shape, out=None):
     wg = w.permute(2, 3, 1, 0).contiguous()  # wg[kh, kw, co, ci]
     prec = "tf32" if (g.dtype == torch.float32 and _tf32_allowed()) else "ieee"
     launcher = _grad_input_fma if (g.dtype == torch.float32 and prec == "ieee") else _grad_input_tc
-    grid = lambda meta: (triton.cdiv(N * H * W, meta["BLOCK_M"]), triton.cdiv(C_in, meta["BLOCK_N"]))  # noqa: E731
+
+    def grid(meta):
+        return triton.cdiv(N * H * W, meta["BLOCK_M"]), triton.cdiv(C_in, meta["BLOCK_N"])
+
     launcher[grid](
         g, wg, dx,
         N, C_in, H, W, C_out, H_out, W_out,
@@ -519,8 +525,8 @@ def aot_specs():
                 constexprs = {"stride_xc": 1, "stride_yw": 1, "ACT": act, "HAS_BIAS": has_bias,
                               "HAS_CLAMP": has_clamp, "DOT_PRECISION": prec, "UPCAST_DOT": False,
                               "K_ALIGN": 8, "N_ALIGN": 8, "Y_CHANNELS_LAST": False}
-                specs.append(_spec(fwd, f"conv_transpose_phase_{ty}_{epi_name}_{prec}", ty, constexprs, cfg,
-                                   fwd_ptrs, fwd_div))
+                name = f"conv_transpose_phase_{ty}_{epi_name}_{prec}"
+                specs.append(_spec(fwd, name, ty, constexprs, cfg, fwd_ptrs, fwd_div))
         for prec in (("ieee", "tf32") if dtype == torch.float32 else ("ieee",)):
             table = _TUNE_FMA if (dtype == torch.float32 and prec == "ieee") else _TUNE_TC
             constexprs = {"stride_gc": 1, "stride_dw": 1, "DOT_PRECISION": prec, "UPCAST_DOT": False,

@@ -10,7 +10,6 @@ and checks for tensor-core instructions and the absence of register spills.
 import importlib.util
 import os
 import random
-import re
 import subprocess
 import sys
 
@@ -172,8 +171,9 @@ def test_triton_grad_input_matches_autograd(case, dtype, device):
     transposed convolution, into a poisoned buffer."""
     k = _kernels()
     x, w, _ = _inputs(case, dtype, device)
-    H_out = (case["shape"][2] - 1) * case["stride"][0] - 2 * case["padding"][0] + case["w_shape"][2] + case["output_padding"][0]
-    W_out = (case["shape"][3] - 1) * case["stride"][1] - 2 * case["padding"][1] + case["w_shape"][3] + case["output_padding"][1]
+    (sh, sw), (ph, pw), (oph, opw) = case["stride"], case["padding"], case["output_padding"]
+    H_out = (case["shape"][2] - 1) * sh - 2 * ph + case["w_shape"][2] + oph
+    W_out = (case["shape"][3] - 1) * sw - 2 * pw + case["w_shape"][3] + opw
     g = torch.randn(case["shape"][0], case["w_shape"][1], H_out, W_out, dtype=torch.float64).to(dtype).to(device)
     out = torch.full(case["shape"], float("nan"), dtype=dtype, device=device)
     dx = k.grad_input(g, w, case["stride"], case["padding"], x.shape, out=out)
