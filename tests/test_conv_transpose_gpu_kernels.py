@@ -153,6 +153,23 @@ def test_triton_layouts(device):
     torch.testing.assert_close(out.double().cpu(), want, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("device", TRITON_DEVICES or [pytest.param("none", marks=pytest.mark.skip(
+    reason="Triton needs a CUDA device or TRITON_INTERPRET=1"))])
+def test_triton_tf32_flag(device, monkeypatch):
+    """FASTGAN_ALLOW_TF32=1 switches float32 to the tensor-core launcher with TF32 inputs
+    (about 3 significant digits); without it float32 stays exact IEEE (tested above)."""
+    k = _kernels()
+    monkeypatch.delenv("FASTGAN_ALLOW_TF32", raising=False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert k._tf32_allowed() is False
+    monkeypatch.setenv("FASTGAN_ALLOW_TF32", "1")
+    assert k._tf32_allowed() is True
+    c = FIXED[0]
+    x, w, b = _inputs(c, torch.float32, device)
+    y = _call(k, c, x, w, b)
+    torch.testing.assert_close(y.double().cpu(), _expected(c, x, w, b), rtol=5e-3, atol=5e-3)
+
+
 def _expected_grad_input(c, g, w):
     """d/dx of <conv_transpose2d(x, w), g> in float64, by autograd through F.conv_transpose2d."""
     import torch.nn.functional as F
