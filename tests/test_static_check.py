@@ -48,6 +48,8 @@ def test_ptx_and_sass_features():
     assert sc.ptx_features("ld.global.b32 { %r1 }, [ %rd1 + 0 ];\nld.global.v2.b32 {%r1,%r2}, [%rd1];") == \
         (False, False)
     assert sc.ptx_features("cp.async.cg.shared.global [ %r1 + 0 ], [ %rd1 + 0 ], 16;") == (True, False)
+    assert sc.ptx_features("cp.async.cg.shared.global [ %r253 + 0 ], [ %rd5 + 0 ], 0x10, %r254;") == (True, False)
+    assert sc.ptx_features("cp.async.ca.shared.global [ %r253 + 0 ], [ %rd5 + 0 ], 0x4, %r254;") == (False, False)
     assert sc.ptx_features("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {...}") == (False, True)
     assert sc.ptx_features("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {...}") == (False, True)
     sass = ("\tFunction : _Z1aPf\n  /*0000*/ LDG.E.128 R4, desc[UR4][R2.64] ;\n"
@@ -65,6 +67,9 @@ def test_table_marks_missing_values():
     text = sc.table([{"name": "k", "kind": "cuda", "arch": 90, "registers": 32, "spill_bytes": 0,
                       "shared_bytes": 0, "stack_bytes": 0, "vector_loads": None, "mma": False}])
     assert text.splitlines()[2].split() == ["k", "cuda", "90", "32", "0", "0", "0", "-", "no"]
+    long = "conv_transpose.conv_transpose_phase_fp32_relu_tf32_m128n128k32w8s3_and_more"
+    cell = sc.table([{"name": long}]).splitlines()[2].split()[0]
+    assert len(cell) == 60 and cell.startswith("conv_transpose.") and cell.endswith("m128n128k32w8s3_and_more")
 
 
 KERNEL_FILE = '''

@@ -126,7 +126,7 @@ def parse_ptxas(text):
 # 128-bit global loads in PTX: ld.global[.qualifiers].v4 of 32-bit elements or .v2 of
 # 64-bit ones, 16-byte cp.async (global -> shared) and the bulk tensor copy (TMA).
 _PTX_VEC = re.compile(r"\bld\.global[\w:.]*\.v4\.[bfsu]32\b|\bld\.global[\w:.]*\.v2\.[bfsu]64\b"
-                      r"|\bcp\.async\.c[ag]\.shared\.global[^;]*,\s*16\s*;|\bcp\.async\.bulk")
+                      r"|\bcp\.async\.c[ag]\.shared\.global[^;]*\],\s*(?:16|0x10)\s*[,;]|\bcp\.async\.bulk")
 _PTX_MMA = re.compile(r"\b(?:wgmma\.mma_async|mma\.sync)\b")
 # The same in SASS: LDG.E.128 (and wider), LDGSTS.E.BYPASS.128, UTMALDG; HMMA/HGMMA/IMMA...
 _SASS_VEC = re.compile(r"\bLDG\.E[\w.]*\.(?:128|ENL2\.256)\b|\bLDGSTS[\w.]*\.128\b|\bUTMALDG\b|\bLDG\.E\.128\b")
@@ -593,7 +593,7 @@ def _interpreting():
 
 
 # ------------------------------------------------------------------ output
-COLUMNS = [("name", "kernel", 48), ("kind", "kind", 6), ("arch", "arch", 4), ("registers", "regs", 4),
+COLUMNS = [("name", "kernel", 60), ("kind", "kind", 6), ("arch", "arch", 4), ("registers", "regs", 4),
            ("spill_bytes", "spill", 5), ("shared_bytes", "smem", 6), ("stack_bytes", "stack", 5),
            ("vector_loads", "v128", 4), ("mma", "mma", 3)]
 
@@ -613,8 +613,8 @@ def table(rows):
         cells = []
         for i, (key, _, w) in enumerate(COLUMNS):
             text = _cell(r.get(key))
-            if i == 0 and len(text) > w:
-                text = text[: w - 1] + "~"
+            if i == 0 and len(text) > w:  # keep both ends: the suffix tells specialisations apart
+                text = text[: w // 2 - 1] + "~" + text[-(w - w // 2):]
             cells.append(f"{text:<{w}}" if i == 0 else f"{text:>{w}}")
         lines.append(" ".join(cells))
     return "\n".join(lines)
