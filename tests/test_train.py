@@ -14,7 +14,7 @@ pytest.importorskip("sklearn", reason="the digits data set ships with scikit-lea
 pytest.importorskip("matplotlib", reason="train writes its pictures with matplotlib")
 
 TINY = ["--steps", "4", "--batch-size", "8", "--n-critic", "2", "--g-width", "4", "--d-width", "4",
-        "--nz", "8", "--no-progress"]
+        "--nz", "8", "--threads", "1", "--no-progress"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -53,6 +53,12 @@ def test_train_end_to_end(tmp_path, capsys):
     assert "samples.png" in capsys.readouterr().out
 
 
+def test_train_restores_thread_count(tmp_path):
+    before = torch.get_num_threads()
+    assert cli_main(["train", "--out", str(tmp_path), "--steps", "1"] + TINY[2:]) == 0
+    assert torch.get_num_threads() == before
+
+
 def test_train_is_reproducible(tmp_path):
     """Same seed, same losses (CPU, deterministic ops)."""
     runs = []
@@ -69,7 +75,7 @@ def test_train_help():
     assert proc.returncode == 0
     for flag in ("--dataset", "--steps", "--out", "--batch-size", "--device", "--seed", "--n-critic", "--lr"):
         assert flag in proc.stdout, flag
-    assert f"default {train.DEFAULTS['steps']}" in proc.stdout
+    assert f"default {train.DEFAULTS['steps']}" in " ".join(proc.stdout.split())  # argparse wraps lines
 
 
 def test_bad_dataset_is_a_clear_error(tmp_path, capsys):
