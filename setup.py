@@ -61,7 +61,8 @@ def _extensions():
         use_cuda = bool(want_cuda)
 
     # torch >= 2.14 headers need C++20 under nvcc (std::strong_ordering in c10).
-    nvcc = ["-O3", "--use_fast_math", "-std=c++20", "-lineinfo"]
+    # No --use_fast_math: approximate sqrt/exp/division would break the "as exact as eager" rule.
+    nvcc = ["-O3", "-std=c++20", "-lineinfo"]
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", os.environ.get("FASTGAN_CUDA_ARCH", "8.0;9.0"))
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
