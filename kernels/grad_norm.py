@@ -26,8 +26,9 @@ from fastgan.ops._common import interpreting
 # 16-byte loads for float32, one for half/bfloat16.
 BLOCK = 1024
 NUM_WARPS = 4
-# Finalize tile: BLOCK_N samples x BLOCK_C chunk partials per step.
-BLOCK_N = 64
+# Finalize tile: BLOCK_N samples x BLOCK_C chunk partials per step (8 values per thread:
+# no spills in float64).
+BLOCK_N = 16
 BLOCK_C = 64
 # About this many programs in flight: several waves on a 132-SM GPU.
 _TARGET_PROGRAMS = 2048
@@ -49,10 +50,14 @@ def _grad_norm_sumsq_kernel(g_ptr, partial_ptr, D, chunk, nchunks,
         acc = tl.zeros([BLOCK], dtype=tl.float64)
     else:
         acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for off in range(start, end, BLOCK):
-        idx = off + tl.arange(0, BLOCK)
-        x = tl.load(base + idx, mask=idx < end, other=0.0).to(acc.dtype)
+    # Whole blocks without a mask (so aligned data gets 16-byte loads), then the tail.
+    full_end = start + (end - start) // BLOCK * BLOCK
+    for off in range(start, full_end, BLOCK):
+        x = tl.load(base + off + tl.arange(0, BLOCK)).to(acc.dtype)
         acc += x * x
+    idx = full_end + tl.arange(0, BLOCK)
+    x = tl.load(base + idx, mask=idx < end, other=0.0).to(acc.dtype)
+    acc += x * x
     tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
 
 
@@ -102,11 +107,17 @@ def _grad_norm_scale_kernel(g_ptr, out_ptr, sumsq_ptr, go_ptr, D, chunk, nchunks
     offset = n.to(tl.int64) * D
     start = c * chunk
     end = tl.minimum(start + chunk, D)
-    for off in range(start, end, BLOCK):
+    src = g_ptr + offset
+    dst = out_ptr + offset
+    full_end = start + (end - start) // BLOCK * BLOCK
+    for off in range(start, full_end, BLOCK):
         idx = off + tl.arange(0, BLOCK)
-        mask = idx < end
-        x = tl.load(g_ptr + offset + idx, mask=mask, other=0.0).to(acc_ty)
-        tl.store(out_ptr + offset + idx, (x * coef).to(out_ptr.dtype.element_ty), mask=mask)
+        x = tl.load(src + idx).to(acc_ty)
+        tl.store(dst + idx, (x * coef).to(out_ptr.dtype.element_ty))
+    idx = full_end + tl.arange(0, BLOCK)
+    mask = idx < end
+    x = tl.load(src + idx, mask=mask, other=0.0).to(acc_ty)
+    tl.store(dst + idx, (x * coef).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------- launchers
@@ -199,7 +210,9 @@ def aot_specs():
     """The specialisations forward()/backward() launch on a GPU, for the static checker
     (triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget(...),
     options={"num_warps", "num_stages"})): every gradient dtype, centred and not.
-    Pointers are 16-byte aligned ("tt.divisibility" 16, as torch allocations are)."""
+    Pointers are 16-byte aligned ("tt.divisibility" 16, as torch allocations are), and
+    D and chunk divisible by 16, as Triton's launcher specialises them for the usual
+    image gradients (D = C*H*W, e.g. 3*64*64; chunk is a multiple of BLOCK)."""
     specs = []
     for dtype, ty in _TRITON_TYPE.items():
         acc_ty = "fp64" if dtype == torch.float64 else "fp32"
@@ -230,7 +243,8 @@ def _spec(name, fn, runtime, constexprs):
     signature = {}
     for arg in fn.arg_names:
         signature[arg] = "constexpr" if arg in constexprs else runtime[arg]
-    pointers = [i for i, arg in enumerate(fn.arg_names) if signature[arg].startswith("*")]
-    attrs = {(i,): [["tt.divisibility", 16]] for i in pointers}
+    aligned = [i for i, arg in enumerate(fn.arg_names)
+               if signature[arg].startswith("*") or arg in ("D", "chunk")]
+    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     return {"name": name, "fn": fn, "signature": signature, "constexprs": constexprs, "attrs": attrs,
             "num_warps": NUM_WARPS, "num_stages": 1}
