@@ -170,8 +170,11 @@ def _check(grad):
 def forward(grad, center, block=None, chunk=None):
     """(penalty, sumsq) of grad [N, ...] (contiguous); see the module docstring."""
     N, D = _check(grad)
-    block, chunk, nchunks = plan(N, D, block, chunk)
     acc = _acc_dtype(grad.dtype)
+    if D == 0:  # no elements (a null data pointer on the GPU): every norm is 0
+        sumsq = torch.zeros(N, dtype=acc, device=grad.device)
+        return torch.full((), float(center) ** 2, dtype=acc, device=grad.device), sumsq
+    block, chunk, nchunks = plan(N, D, block, chunk)
     partial = torch.empty(N * nchunks, dtype=acc, device=grad.device)
     sumsq = torch.empty(N, dtype=acc, device=grad.device)
     penalty = torch.empty((), dtype=acc, device=grad.device)
@@ -189,7 +192,6 @@ def backward(grad_out, grad, sumsq, center, block=None, chunk=None, out=None):
     """d penalty / d grad = coef_i * grad_i, one read of grad and one write (into `out`
     when given: a contiguous tensor like grad)."""
     N, D = _check(grad)
-    block, chunk, nchunks = plan(N, D, block, chunk)
     acc = _acc_dtype(grad.dtype)
     if sumsq.dtype != acc or sumsq.shape != (N,):
         raise ValueError(f"sumsq must be the forward's [{N}] {acc} sums of squares, got "
@@ -198,6 +200,9 @@ def backward(grad_out, grad, sumsq, center, block=None, chunk=None, out=None):
         out = torch.empty_like(grad, memory_format=torch.contiguous_format)
     elif out.shape != grad.shape or out.dtype != grad.dtype or not out.is_contiguous():
         raise ValueError("out must be a contiguous tensor of grad's shape and dtype")
+    if D == 0:
+        return out
+    block, chunk, nchunks = plan(N, D, block, chunk)
     go = grad_out.reshape(1)
     hi, lo = _split(float(center))
     _grad_norm_scale_kernel[(N * nchunks,)](grad, out, sumsq, go, D, chunk, nchunks, N, hi, lo,
