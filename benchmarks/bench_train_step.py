@@ -13,11 +13,12 @@ Providers:
                      plain-torch minibatch std), same weights
 
     pytest benchmarks/bench_train_step.py --benchmark-disable -q     # runs each once
+    (--quick: train_step only)
 """
 import pytest
 import torch
 
-from conftest import DEVICE, run
+from conftest import DEVICE, pick, run
 
 from fastgan import backends, functional as FG, models, train
 
@@ -80,7 +81,7 @@ def make_step(provider, critic_only=False):
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("op", ["train_step", "critic_step"])
+@pytest.mark.parametrize("op", pick(["train_step", "critic_step"], ["train_step"]))
 def test_train_step(benchmark, op, provider):
     fn = make_step(provider, critic_only=(op == "critic_step"))
     info = benchmark.extra_info

@@ -1,6 +1,6 @@
 """python -m fastgan train: WGAN-GP on a bundled real data set (DESIGN.md section 4).
 
-    python -m fastgan train --dataset digits --out runs/digits
+    python -m fastgan train --dataset digits --out out/digits
 
 Each generator step is preceded by n_critic critic steps. A critic step minimises
 
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--steps", type=_positive_int, default=d["steps"],
                         help=f"generator steps (default {d['steps']}: recognisable digits in a few "
                              "minutes on a 2-core CPU)")
-    parser.add_argument("--out", default="runs/digits", help="output directory (created if missing)")
+    parser.add_argument("--out", default="out/digits", help="output directory, created if missing (default out/digits)")
     parser.add_argument("--batch-size", type=_positive_int, default=d["batch_size"],
                         help=f"samples per batch; a multiple of 4 (the minibatch-std group) "
                              f"(default {d['batch_size']})")
