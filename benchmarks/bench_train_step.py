@@ -29,7 +29,7 @@ PROVIDERS = ["fastgan", "fastgan-reference", "eager"]
 def _models(provider):
     d = train.DEFAULTS
     torch.manual_seed(0)
-    G = models.Generator(nz=d["nz"], size=SIZE, width=d["g_width"]).to(DEVICE)
+    G = models.Generator(nz=d["nz"], size=SIZE, width=d["g_width"], pixel_norm=d["pixel_norm"]).to(DEVICE)
     D = models.Critic(size=SIZE, width=d["d_width"]).to(DEVICE)
     if provider == "eager":
         G, D = models.eager_twin(G), models.eager_twin(D)

@@ -7,9 +7,11 @@ Generator: z [N, nz] (or [N, nz, 1, 1]) -> image [N, channels, size, size] in (-
 
 Every layer is a fastgan.layers.ConvTranspose2d whose bias and activation are fused into
 the convolution's epilogue. There is no BatchNorm between a convolution and its
-activation: it would split the fused epilogue, and WGAN-GP does not need it in the
-generator. Optionally (pixel_norm=True) each hidden feature vector is normalised AFTER the
-fused activation, ProGAN style: x / sqrt(mean_c x^2 + 1e-8); it has no parameters.
+activation: it would split the fused epilogue. Instead (pixel_norm=True, the default) each
+hidden feature vector is normalised AFTER the fused activation, ProGAN style:
+x / sqrt(mean_c x^2 + 1e-8), without parameters. It keeps the signal of the plain ReLU
+stack from shrinking layer by layer; on the digits it turned grey stripes after 400 steps
+into recognisable digits (see fastgan.train).
 
 Critic: image -> (Conv2d k4 s2 p1 + LeakyReLU(0.2)) * (log2(size) - 2) -> 4x4
     -> MinibatchStdDev(group_size=4) -> Conv2d k4 (valid) -> one score per sample [N].
@@ -107,7 +109,7 @@ class Generator(nn.Module):
     """
 
     def __init__(self, nz: int = 64, size: int = 32, channels: int = 1, width: int = 32,
-                 max_width: int = 256, activation: str = "relu", pixel_norm: bool = False,
+                 max_width: int = 256, activation: str = "relu", pixel_norm: bool = True,
                  eager: bool = False):
         super().__init__()
         log2 = _check_size(size)

@@ -285,8 +285,8 @@ def _train(args, device, images, t_main) -> int:
         if pending:
             rows = torch.stack([torch.stack(p) for p in pending]).tolist()
             for ld, lg, gp, wd in rows:
-                hist["loss_d"].append(ld); hist["loss_g"].append(lg)
-                hist["gp"].append(gp); hist["wdist"].append(wd)
+                for key, value in zip(("loss_d", "loss_g", "gp", "wdist"), (ld, lg, gp, wd)):
+                    hist[key].append(value)
             pending.clear()
 
     for step in range(args.steps):
