@@ -8,7 +8,8 @@ All three share one recipe, made safe by construction:
 2. out = critic(x) must be one score per sample: shape [N] or [N, 1] (else ValueError).
 3. g = d(sum_i out_i)/dx by torch.autograd.grad(create_graph=True), so the penalty is
    differentiable w.r.t. the critic's parameters (the double backward happens in the
-   critic). With a GradScaler the gradient is taken of scaler.scale(sum out) and divided
+   critic; under torch.no_grad() g is still computed, without the graph, so a logged
+   penalty has its true value). With a GradScaler the gradient is taken of scaler.scale(sum out) and divided
    by the scale before the norm: the penalty is the same with and without it (if the
    scaled gradient overflows, the penalty is inf/NaN and the scaler's step() skips the
    update, as for any other scaled loss).
@@ -82,15 +83,21 @@ def _scale_of(scaler, device):
 def _critic_grad(critic, x, scaler, who):
     """(g, link): g = d(sum critic(x))/dx with create_graph (unscaled), link = _ZeroLink
     term (or None when the score depends on nothing that requires grad)."""
-    out = critic(x)
-    _check_scores(out, x.shape[0], who)
-    # A half/bfloat16 score (autocast) is summed in float32: the sum cannot overflow.
-    score = out.sum(dtype=torch.float32) if out.dtype in (torch.float16, torch.bfloat16) else out.sum()
-    if not score.requires_grad:
-        # The critic ignores x and has no trainable parameters: g = 0 exactly.
-        return torch.zeros_like(x), None
-    scaled = score if scaler is None else scaler.scale(score)
-    (grad,) = torch.autograd.grad(scaled, x, create_graph=True, allow_unused=True)
+    # g needs autograd even under torch.no_grad() (e.g. logging the penalty): the graph
+    # is built regardless, and kept for the double backward only when grad mode is on.
+    keep_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        out = critic(x)
+        _check_scores(out, x.shape[0], who)
+        # A half/bfloat16 score (autocast) is summed in float32: the sum cannot overflow.
+        score = out.sum(dtype=torch.float32) if out.dtype in (torch.float16, torch.bfloat16) else out.sum()
+        if not score.requires_grad:
+            # The critic ignores x and has no trainable parameters: g = 0 exactly.
+            return torch.zeros_like(x), None
+        scaled = score if scaler is None else scaler.scale(score)
+        (grad,) = torch.autograd.grad(scaled, x, create_graph=keep_graph, allow_unused=True)
+    if not keep_graph:
+        out = None
     if grad is None:  # the score does not depend on x (e.g. a constant critic)
         grad = torch.zeros_like(x)
     elif scaler is not None:

@@ -403,3 +403,18 @@ def test_lazy_regularisation_interval():
         with pytest.raises(ValueError, match="interval must be a positive int"):
             L.R1Penalty(interval=bad)
     assert "interval=16" in repr(r1)
+
+
+def test_penalty_value_under_no_grad():
+    """Under torch.no_grad() (e.g. to log it) the penalty has its true value, not the
+    value of a zero gradient, and no graph."""
+    critic = make_critic()
+    real, fake = batch(), batch()
+    alpha = torch.rand(4, 1, 1, 1, dtype=torch.float64)
+    want = FG.gradient_penalty(critic, real, fake, alpha=alpha).detach()
+    with torch.no_grad():
+        got = FG.gradient_penalty(critic, real, fake, alpha=alpha)
+        r1 = FG.r1_penalty(critic, real)
+    assert not got.requires_grad and not r1.requires_grad
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(r1, FG.r1_penalty(critic, real).detach())
