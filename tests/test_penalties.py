@@ -9,7 +9,7 @@ from torch import nn
 
 import fastgan.functional as FG
 import fastgan.layers as L
-from conftest import backend_params
+from conftest import backend_params, device_params
 from fastgan import backends
 from fastgan.reference import minibatch_std as mbstd_ref
 
@@ -246,12 +246,13 @@ def test_zero_gradient_sample_among_others_keeps_gradients_finite():
 
 
 # ---------------------------------------------------------------- GradScaler
+@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("which", ["gp", "r1", "r2"])
-def test_scaler_gives_the_same_penalty_and_gradients(which):
-    critic = make_critic()
-    real, fake = batch(), batch()
-    alpha = torch.rand(4, 1, 1, 1, dtype=torch.float64)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 14)
+def test_scaler_gives_the_same_penalty_and_gradients(which, device):
+    critic = make_critic().to(device)
+    real, fake = batch().to(device), batch().to(device)
+    alpha = torch.rand(4, 1, 1, 1, dtype=torch.float64, device=device)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0 ** 14)
     assert scaler.is_enabled()
 
     def run(s):
@@ -265,7 +266,7 @@ def test_scaler_gives_the_same_penalty_and_gradients(which):
     torch.testing.assert_close(scaled, plain, rtol=1e-12, atol=1e-12)
     for a, b in zip(param_grads(critic, scaled), param_grads(critic, run(None))):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    disabled = torch.amp.GradScaler("cpu", enabled=False)
+    disabled = torch.amp.GradScaler(device, enabled=False)
     torch.testing.assert_close(run(disabled), plain, rtol=1e-12, atol=1e-12)
 
 
