@@ -28,7 +28,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
     def forward(self, input: torch.Tensor, output_size=None) -> torch.Tensor:
         if self.padding_mode != "zeros":
-            raise ValueError("Only \"zeros\" padding mode is supported for ConvTranspose2d")
+            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
         num_spatial_dims = 2
         output_padding = self._output_padding(input, output_size, self.stride, self.padding,
                                               self.kernel_size, num_spatial_dims, self.dilation)

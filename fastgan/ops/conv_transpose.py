@@ -311,6 +311,55 @@ def _autocast(x, weight, bias):
     return x, weight, bias
 
 
+def _validate(x, w, b, stride, padding, output_padding, groups, dilation):
+    """nn.ConvTranspose2d's argument checks, with PyTorch's messages."""
+    if x.dim() not in (3, 4):
+        raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv_transpose2d, but got input "
+                           f"of size: {list(x.shape)}")
+    if w.dim() != 4:
+        raise RuntimeError(f"conv_transpose2d expects a 4-D weight [C_in, C_out/groups, kH, kW], got weight of "
+                           f"size {list(w.shape)}")
+    if any(s <= 0 for s in stride):
+        raise RuntimeError("non-positive stride is not supported")
+    if any(p < 0 for p in padding):
+        raise RuntimeError("negative padding is not supported")
+    if any(op < 0 for op in output_padding):
+        raise RuntimeError("negative output_padding is not supported")
+    if any(d <= 0 for d in dilation):
+        raise RuntimeError("dilation should be greater than zero, but got dilation_height: "
+                           f"{dilation[0]}, dilation_width: {dilation[1]}")
+    if not isinstance(groups, int) or groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
+        raise RuntimeError(
+            "output padding must be smaller than either stride or dilation, but got output_padding_height: "
+            f"{output_padding[0]} output_padding_width: {output_padding[1]} stride_height: {stride[0]} "
+            f"stride_width: {stride[1]} dilation_height: {dilation[0]} dilation_width: {dilation[1]}")
+    if w.shape[0] % groups != 0:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+                           f"but got weight of size [{list(w.shape)}] instead")
+    x4 = list(x.shape) if x.dim() == 4 else [1] + list(x.shape)
+    if x4[1] != w.shape[0]:
+        raise RuntimeError(f"Given transposed=1, weight of size {list(w.shape)}, expected input{x4} to have "
+                           f"{w.shape[0]} channels, but got {x4[1]} channels instead")
+    if b is not None and (b.dim() != 1 or b.shape[0] != w.shape[1] * groups):
+        raise RuntimeError(f"Given transposed=1, weight of size {list(w.shape)}, expected bias to be 1-dimensional "
+                           f"with {w.shape[1] * groups} elements, but got bias of size {list(b.shape)} instead")
+    size = [(n - 1) * s - 2 * p + d * (k - 1) + op + 1
+            for n, s, p, d, k, op in zip(x4[2:], stride, padding, dilation, w.shape[2:], output_padding)]
+    if size[0] <= 0 or size[1] <= 0:
+        raise RuntimeError(f"Given input size per channel: ({x4[2]} x {x4[3]}). Calculated output size per "
+                           f"channel: ({size[0]} x {size[1]}). Output size is too small")
+    if x.dtype != w.dtype or (b is not None and b.dtype != x.dtype):
+        raise RuntimeError(f"conv_transpose2d: input, weight and bias must have the same dtype, got {x.dtype}, "
+                           f"{w.dtype}{'' if b is None else ', ' + str(b.dtype)}")
+    if not x.is_floating_point():
+        raise RuntimeError(f"conv_transpose2d needs floating-point tensors, got {x.dtype}")
+    if x.device != w.device or (b is not None and b.device != x.device):
+        raise RuntimeError("conv_transpose2d: input, weight and bias must be on the same device, got "
+                           f"{x.device}, {w.device}{'' if b is None else ', ' + str(b.device)}")
+
+
 def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride=1,
                      padding=0, output_padding=0, groups: int = 1, dilation=1, *,
                      activation: Optional[str] = None, negative_slope: float = 0.2, gain: float = 1.0,
@@ -335,16 +384,7 @@ def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                                                                          dilation))
     input, weight, bias = _autocast(input, weight, bias)
     if not torch.compiler.is_compiling():
-        # PyTorch's own argument checks (shapes, channels, output_padding range, dtypes),
-        # run on meta tensors so the errors are exactly nn.ConvTranspose2d's.
-        def meta(t):
-            return None if t is None else torch.empty(t.shape, dtype=t.dtype, device="meta")
-        F.conv_transpose2d(meta(input), meta(weight), meta(bias), stride, padding, output_padding, groups,
-                           dilation)
-        if input.device != weight.device or (bias is not None and bias.device != input.device):
-            raise RuntimeError("conv_transpose2d: input, weight and bias must be on the same device, got "
-                               f"{input.device}, {weight.device}"
-                               f"{'' if bias is None else ', ' + str(bias.device)}")
+        _validate(input, weight, bias, stride, padding, output_padding, groups, dilation)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     y, _ = conv_transpose2d_op(x, weight, bias, stride, padding, output_padding, int(groups), dilation,

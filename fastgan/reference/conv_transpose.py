@@ -81,11 +81,26 @@ def act_grad_from_saved(t, mode: int, activation: Optional[str], negative_slope:
 
     Written with differentiable ops on t so it can be differentiated again."""
     if mode == SAVE_PRE:
-        # t is the pre-activation: differentiate the epilogue directly.
-        with torch.enable_grad():
-            p = t.detach().requires_grad_(True)
-            out = activate(p, activation, negative_slope, gain, clamp)
-            (d,) = torch.autograd.grad(out, p, torch.ones_like(out))
+        # t is the pre-activation: the epilogue's derivative directly (explicit formulas:
+        # this also runs inside custom-op kernels, where autograd does not record).
+        if activation in (None, "linear"):
+            d = torch.ones_like(t)
+        elif activation == "relu":
+            d = (t > 0).to(t.dtype)
+        elif activation == "lrelu":
+            d = torch.where(t > 0, torch.ones_like(t), torch.full_like(t, negative_slope))
+        elif activation == "tanh":
+            th = torch.tanh(t)
+            d = 1 - th * th
+        elif activation == "sigmoid":
+            sg = torch.sigmoid(t)
+            d = sg * (1 - sg)
+        else:
+            raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+        d = d * gain
+        if clamp is not None:
+            z = activate(t, activation, negative_slope, gain, None)
+            d = d * ((z >= -clamp) & (z <= clamp)).to(t.dtype)
         return d
     if gain == 0:
         return torch.zeros_like(t)
