@@ -192,9 +192,9 @@ struct PhaseTables {
 // before and restored after, so the result is bit-identical to the row-by-row gather.
 template <typename T, int ACT>
 void gather_epilogue_planes(const Geom& g, const PhaseTables& pt, const T* cols, int64_t ts, int64_t ss,
-                            const T* bias, T* y, int64_t n0, int64_t nb, T slope, T gain, T clamp) {
+                            const T* bias, T* y, int64_t n0, int64_t nb, int64_t co0, int64_t cb, T slope, T gain, T clamp) {
   const int64_t W = g.W;
-  at::parallel_for(0, nb * g.Cout, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nb * cb, 1, [&](int64_t begin, int64_t end) {
     const int64_t nwp = int64_t(pt.wph.size()), nhp = int64_t(pt.hph.size());
     std::vector<T> planes(nhp * nwp * (g.H + g.kh + 1) * W), row(g.Wo), saved(2 * (g.H + g.kh + 1) * W + 16);
     std::vector<int64_t> plane_off(nhp * nwp);
@@ -204,9 +204,9 @@ void gather_epilogue_planes(const Geom& g, const PhaseTables& pt, const T* cols,
         for (int64_t v = 0; v < nwp; ++v) { plane_off[h * nwp + v] = off; off += pt.hph[h].T * W; }
     }
     for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t co = idx / nb, nl = idx % nb;
+      const int64_t co = co0 + idx / nb, nl = idx % nb;
       const T bv = bias ? bias[co] : T(0);
-      const T* cbase = cols + co * g.kh * g.kw * ts + nl * ss;
+      const T* cbase = cols + (co - co0) * g.kh * g.kw * ts + nl * ss;
       for (int64_t h = 0; h < nhp; ++h) {
         const HPhase& hp = pt.hph[h];
         for (int64_t v = 0; v < nwp; ++v) {
@@ -261,14 +261,14 @@ void gather_epilogue_planes(const Geom& g, const PhaseTables& pt, const T* cols,
 // cols[tap*ts + nl*ss + ih*W + iw] (ts, ss: tap and sample strides of the layout).
 template <typename T, int ACT>
 void gather_epilogue(const Geom& g, const PhaseTables& pt, const T* cols, int64_t ts, int64_t ss, const T* bias,
-                     T* y, int64_t n0, int64_t nb, T slope, T gain, T clamp) {
+                     T* y, int64_t n0, int64_t nb, int64_t co0, int64_t cb, T slope, T gain, T clamp) {
   // co-major order: the kh*kw cols rows of one output channel stay in cache across samples
-  at::parallel_for(0, nb * g.Cout, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, nb * cb, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> row(g.Wo), acc(g.W + g.kw + 2);
     for (int64_t idx = begin; idx < end; ++idx) {
-      const int64_t co = idx / nb, nl = idx % nb;
+      const int64_t co = co0 + idx / nb, nl = idx % nb;
       const T bv = bias ? bias[co] : T(0);
-      const T* cbase = cols + co * g.kh * g.kw * ts + nl * ss;
+      const T* cbase = cols + (co - co0) * g.kh * g.kw * ts + nl * ss;
       T* yrow_base = y + ((n0 + nl) * g.Cout + co) * g.Ho * g.Wo;
       for (int64_t oh = 0; oh < g.Ho; ++oh) {
         const HTap* ht = pt.htaps.data() + pt.hfirst[oh];
@@ -308,13 +308,13 @@ void gather_epilogue(const Geom& g, const PhaseTables& pt, const T* cols, int64_
 
 template <typename T, int ACT>
 void gather(const Geom& g, const PhaseTables& pt, const T* cols, int64_t ts, int64_t ss, const T* bias, T* y,
-            int64_t n0, int64_t nb, T slope, T gain, T clamp) {
+            int64_t n0, int64_t nb, int64_t co0, int64_t cb, T slope, T gain, T clamp) {
   static const int mode = [] {
     const char* e = std::getenv("FASTGAN_CT_GATHER");  // "rows" forces the row-by-row gather (tests, tuning)
     return (e && std::string(e) == "rows") ? 1 : 0;
   }();
-  if (pt.planes && mode == 0) gather_epilogue_planes<T, ACT>(g, pt, cols, ts, ss, bias, y, n0, nb, slope, gain, clamp);
-  else gather_epilogue<T, ACT>(g, pt, cols, ts, ss, bias, y, n0, nb, slope, gain, clamp);
+  if (pt.planes && mode == 0) gather_epilogue_planes<T, ACT>(g, pt, cols, ts, ss, bias, y, n0, nb, co0, cb, slope, gain, clamp);
+  else gather_epilogue<T, ACT>(g, pt, cols, ts, ss, bias, y, n0, nb, co0, cb, slope, gain, clamp);
 }
 
 // In-place epilogue on y viewed as [N, Cout, P] (P = Ho*Wo).
@@ -329,6 +329,49 @@ void epilogue_inplace(const Geom& g, T* y, const T* bias, T slope, T gain, T cla
       for (int64_t i = 0; i < P; ++i) p[i] = fast_epilogue<T, ACT>(p[i] + bv, slope, gain, clamp);
     }
   });
+}
+
+template <typename T>
+void dispatch_gather(int64_t act, const Geom& g, const PhaseTables& pt, const T* cp, int64_t ts, int64_t ss,
+                     const T* bias, T* yp, int64_t n0, int64_t nb, int64_t co0, int64_t cb, T slope, T gain,
+                     T clamp) {
+  switch (act) {
+    case kRelu: gather<T, kRelu>(g, pt, cp, ts, ss, bias, yp, n0, nb, co0, cb, slope, gain, clamp); break;
+    case kLrelu: gather<T, kLrelu>(g, pt, cp, ts, ss, bias, yp, n0, nb, co0, cb, slope, gain, clamp); break;
+    case kTanh: gather<T, kTanh>(g, pt, cp, ts, ss, bias, yp, n0, nb, co0, cb, slope, gain, clamp); break;
+    case kSigmoid: gather<T, kSigmoid>(g, pt, cp, ts, ss, bias, yp, n0, nb, co0, cb, slope, gain, clamp); break;
+    default: gather<T, kLinear>(g, pt, cp, ts, ss, bias, yp, n0, nb, co0, cb, slope, gain, clamp); break;
+  }
+}
+
+// Chunk over output channels instead of samples when the whole batch's pixels are
+// fewer than the weight's columns (small images, many channels: DCGAN's 4x4 -> 8x8):
+// then the weight is read once and the small channel-major input is what gets re-read,
+// and in the backward each block of grad_w is written once instead of accumulated.
+bool channel_chunks(const Geom& g) { return g.N * g.HW() < g.Cokk(); }
+
+int64_t chunk_channels(const Geom& g, int64_t elem) {
+  int64_t budget = 2 << 20;
+  if (const char* env = std::getenv("FASTGAN_CT_CHUNK_KB")) budget = std::max<int64_t>(1, std::atoll(env)) << 10;
+  const int64_t per = g.kh * g.kw * g.N * g.HW() * elem;
+  return std::max<int64_t>(1, std::min<int64_t>(g.Cout, budget / std::max<int64_t>(per, 1)));
+}
+
+// Backward GEMMs vs the library: measured on the 2-core Xeon this was tuned on, oneDNN's
+// convolution backward beats im2col + GEMM for mid-sized layers (channel product up to
+// 256x128, inputs of at least 8x8, at least 16 output channels: DCGAN's 8->16 and 16->32),
+// while the GEMM path wins for small images (4x4), few output channels (RGB) and wide
+// layers (512x512). FASTGAN_CT_BWD=gemm|dnn overrides.
+bool use_library_backward(const Geom& g) {
+  static const int forced = [] {
+    const char* e = std::getenv("FASTGAN_CT_BWD");
+    if (e && std::string(e) == "gemm") return 0;
+    if (e && std::string(e) == "dnn") return 1;
+    return -1;
+  }();
+  if (g.plain) return false;
+  if (forced >= 0) return forced == 1;
+  return g.Cin * g.Cout <= 256 * 128 && g.HW() >= 64 && g.Cout >= 16;
 }
 
 // Per-sample products (no channel-major copy of x) when one sample's H*W is a wide
@@ -355,6 +398,21 @@ void forward_impl(const Geom& g, const at::Tensor& x, const at::Tensor& w, const
     return;
   }
   const PhaseTables pt(g);
+  const int64_t kk = g.kh * g.kw;
+  if (channel_chunks(g)) {
+    at::Tensor X = channel_major(x);                                 // [Cin, N*HW]
+    at::Tensor Wt = w.reshape({g.Cin, g.Cokk()}).t();
+    const int64_t cb_max = chunk_channels(g, sizeof(T));
+    at::Tensor cols = at::empty({cb_max * kk, g.N * HW}, x.options());
+    for (int64_t co0 = 0; co0 < g.Cout; co0 += cb_max) {
+      const int64_t cb = std::min(cb_max, g.Cout - co0);
+      at::Tensor c = cols.narrow(0, 0, cb * kk);
+      at::mm_out(c, Wt.narrow(0, co0 * kk, cb * kk), X);
+      dispatch_gather<T>(act, g, pt, c.data_ptr<T>(), g.N * HW, HW, bias, y.data_ptr<T>(), 0, g.N, co0, cb, slope,
+                         gain, clamp);
+    }
+    return;
+  }
   const bool ps = per_sample(g);
   at::Tensor X = ps ? x : channel_major(x);                         // [Cin, N*HW] when batched
   at::Tensor Wt = w.reshape({g.Cin, g.Cokk()}).t();                 // [Cokk, Cin] (view)
@@ -375,15 +433,8 @@ void forward_impl(const Geom& g, const at::Tensor& x, const at::Tensor& w, const
       at::mm_out(c, Wt, X.narrow(1, n0 * HW, nb * HW));
       ts = nb * HW; ss = HW;
     }
-    const T* cp = cols.data_ptr<T>();
-    T* yp = y.data_ptr<T>();
-    switch (act) {
-      case kRelu: gather<T, kRelu>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
-      case kLrelu: gather<T, kLrelu>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
-      case kTanh: gather<T, kTanh>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
-      case kSigmoid: gather<T, kSigmoid>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
-      default: gather<T, kLinear>(g, pt, cp, ts, ss, bias, yp, n0, nb, slope, gain, clamp); break;
-    }
+    dispatch_gather<T>(act, g, pt, cols.data_ptr<T>(), ts, ss, bias, y.data_ptr<T>(), n0, nb, 0, g.Cout, slope,
+                       gain, clamp);
   }
 }
 
@@ -460,8 +511,10 @@ void grad_pre_impl(const Geom& g, const T* gy, const T* t, int64_t mode, T* gp, 
 // G from grad_pre for samples [n0, n0+nb): element (row, nl, ih, iw) at
 // G[row*ts + nl*ss + ih*W + iw].
 template <typename T>
-void im2col_grad(const Geom& g, const T* gp, T* G, int64_t ts, int64_t ss, int64_t n0, int64_t nb) {
-  at::parallel_for(0, g.Cokk(), 1, [&](int64_t begin, int64_t end) {
+void im2col_grad(const Geom& g, const T* gp, T* G, int64_t ts, int64_t ss, int64_t n0, int64_t nb, int64_t r0 = 0,
+                 int64_t nr = -1) {
+  if (nr < 0) nr = g.Cokk();
+  at::parallel_for(r0, r0 + nr, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t co = r / (g.kh * g.kw), a = (r / g.kw) % g.kh, c = r % g.kw;
       // valid iw: 0 <= iw*sw - pw + c < Wo
@@ -471,7 +524,7 @@ void im2col_grad(const Geom& g, const T* gp, T* G, int64_t ts, int64_t ss, int64
       while (iw_hi < g.W && iw_hi * g.sw - g.pw + c < g.Wo) ++iw_hi;
       for (int64_t nl = 0; nl < nb; ++nl) {
         const T* src = gp + ((n0 + nl) * g.Cout + co) * g.Ho * g.Wo;
-        T* dst = G + r * ts + nl * ss;
+        T* dst = G + (r - r0) * ts + nl * ss;
         for (int64_t ih = 0; ih < g.H; ++ih) {
           const int64_t oh = ih * g.sh - g.ph + a;
           T* d = dst + ih * g.W;
@@ -513,6 +566,39 @@ void backward_impl(const Geom& g, const at::Tensor& gy, const at::Tensor& x, con
     return;
   }
   const int64_t HW = g.HW();
+  if (use_library_backward(g)) {
+    // grad_x (a strided convolution of grad_pre) and grad_w by the library's (oneDNN)
+    // convolution backward, from the grad_pre computed above.
+    auto r = at::convolution_backward(gp, x, w, c10::nullopt, {g.sh, g.sw}, {g.ph, g.pw}, {1, 1}, true,
+                                      {g.Ho - ((g.H - 1) * g.sh - 2 * g.ph + g.kh), g.Wo - ((g.W - 1) * g.sw - 2 * g.pw + g.kw)},
+                                      1, {need_x, need_w, false});
+    if (need_x) gx.copy_(std::get<0>(r));
+    if (need_w) gw.copy_(std::get<1>(r));
+    return;
+  }
+  if (channel_chunks(g)) {
+    const int64_t kk = g.kh * g.kw;
+    at::Tensor Wm = w.reshape({g.Cin, g.Cokk()});
+    at::Tensor X = need_w ? channel_major(x) : at::Tensor();
+    at::Tensor gxm = need_x ? at::zeros({g.Cin, g.N * HW}, x.options()) : at::Tensor();
+    at::Tensor gwm = need_w ? gw.view({g.Cin, g.Cokk()}) : at::Tensor();
+    const int64_t cb_max = chunk_channels(g, sizeof(T));
+    at::Tensor Gbuf = at::empty({cb_max * kk, g.N * HW}, x.options());
+    at::Tensor gwtmp = need_w ? at::empty({g.Cin, cb_max * kk}, x.options()) : at::Tensor();
+    for (int64_t co0 = 0; co0 < g.Cout; co0 += cb_max) {
+      const int64_t cb = std::min(cb_max, g.Cout - co0);
+      at::Tensor G = Gbuf.narrow(0, 0, cb * kk);
+      im2col_grad<T>(g, gp.data_ptr<T>(), G.data_ptr<T>(), g.N * HW, HW, 0, g.N, co0 * kk, cb * kk);
+      if (need_x) gxm.addmm_(Wm.narrow(1, co0 * kk, cb * kk), G);
+      if (need_w) {
+        at::Tensor o = cb == cb_max ? gwtmp : at::empty({g.Cin, cb * kk}, x.options());
+        at::mm_out(o, X, G.t());
+        gwm.narrow(1, co0 * kk, cb * kk).copy_(o);
+      }
+    }
+    if (need_x) gx.copy_(gxm.view({g.Cin, g.N, g.H, g.W}).permute({1, 0, 2, 3}));
+    return;
+  }
   const bool ps = per_sample(g);
   at::Tensor Wm = w.reshape({g.Cin, g.Cokk()});
   at::Tensor X;
