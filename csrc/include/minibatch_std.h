@@ -71,16 +71,11 @@ struct ShiftedMoments {
   }
 };
 
-// dx = dy + r * (x - mu) with r = S / L / (G * std): the backward's per-element step.
+// dx = dy + r * (x - mu) with r = S / (L G std): the backward's per-element step (the
+// kernels fold 1/(L G) into a per-(m, f) coefficient, so r = coef / std).
 template <typename acc_t>
 FASTGAN_HD acc_t grad_input(acc_t dy, acc_t x, acc_t mu, acc_t r) {
   return dy + r * (x - mu);
-}
-
-// r for one position: coef = S / L (per (m, f)), inv_G = 1 / G.
-template <typename acc_t>
-FASTGAN_HD acc_t grad_scale(acc_t coef, acc_t inv_G, acc_t std) {
-  return coef * inv_G / std;
 }
 
 }  // namespace mbstd
