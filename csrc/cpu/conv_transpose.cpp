@@ -399,43 +399,64 @@ void forward_impl(const Geom& g, const at::Tensor& x, const at::Tensor& w, const
   }
   const PhaseTables pt(g);
   const int64_t kk = g.kh * g.kw;
+  // Chunks run in parallel, one thread each (single-threaded GEMM + gather, so a chunk's
+  // cols block stays in that core's cache and there is one parallel region per call)
+  // when there are enough chunks to share; otherwise chunk by chunk with the GEMM and
+  // the gather each parallel inside. FASTGAN_CT_PAR=inner forces the latter.
+  static const bool force_inner = [] {
+    const char* e = std::getenv("FASTGAN_CT_PAR");
+    return e && std::string(e) == "inner";
+  }();
+  const int64_t threads = at::get_num_threads();
   if (channel_chunks(g)) {
     at::Tensor X = channel_major(x);                                 // [Cin, N*HW]
     at::Tensor Wt = w.reshape({g.Cin, g.Cokk()}).t();
-    const int64_t cb_max = chunk_channels(g, sizeof(T));
-    at::Tensor cols = at::empty({cb_max * kk, g.N * HW}, x.options());
-    for (int64_t co0 = 0; co0 < g.Cout; co0 += cb_max) {
-      const int64_t cb = std::min(cb_max, g.Cout - co0);
-      at::Tensor c = cols.narrow(0, 0, cb * kk);
-      at::mm_out(c, Wt.narrow(0, co0 * kk, cb * kk), X);
-      dispatch_gather<T>(act, g, pt, c.data_ptr<T>(), g.N * HW, HW, bias, y.data_ptr<T>(), 0, g.N, co0, cb, slope,
-                         gain, clamp);
-    }
+    int64_t cb_max = chunk_channels(g, sizeof(T));
+    const int64_t nchunks = (g.Cout + cb_max - 1) / cb_max;
+    auto body = [&](int64_t c0, int64_t c1) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      at::Tensor cols = at::empty({cb_max * kk, g.N * HW}, x.options());
+      for (int64_t ci = c0; ci < c1; ++ci) {
+        const int64_t co0 = ci * cb_max, cb = std::min(cb_max, g.Cout - co0);
+        at::Tensor c = cols.narrow(0, 0, cb * kk);
+        at::mm_out(c, Wt.narrow(0, co0 * kk, cb * kk), X);
+        dispatch_gather<T>(act, g, pt, c.data_ptr<T>(), g.N * HW, HW, bias, y.data_ptr<T>(), 0, g.N, co0, cb,
+                           slope, gain, clamp);
+      }
+    };
+    if (threads > 1 && nchunks >= 2 * threads && !force_inner) at::parallel_for(0, nchunks, 1, body);
+    else body(0, nchunks);
     return;
   }
   const bool ps = per_sample(g);
   at::Tensor X = ps ? x : channel_major(x);                         // [Cin, N*HW] when batched
   at::Tensor Wt = w.reshape({g.Cin, g.Cokk()}).t();                 // [Cokk, Cin] (view)
   const int64_t nb_max = chunk_samples(g, sizeof(T));
-  at::Tensor cols = at::empty({nb_max * g.Cokk() * HW}, x.options());
-  for (int64_t n0 = 0; n0 < g.N; n0 += nb_max) {
-    const int64_t nb = std::min(nb_max, g.N - n0);
-    int64_t ts, ss;
-    if (ps) {
-      at::Tensor c = cols.narrow(0, 0, nb * g.Cokk() * HW).view({nb, g.Cokk(), HW});
-      for (int64_t nl = 0; nl < nb; ++nl) {
-        at::Tensor cn = c[nl];
-        at::mm_out(cn, Wt, x[n0 + nl].view({g.Cin, HW}));
+  const int64_t nchunks = (g.N + nb_max - 1) / nb_max;
+  auto body = [&](int64_t c0, int64_t c1) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor cols = at::empty({nb_max * g.Cokk() * HW}, x.options());
+    for (int64_t ci = c0; ci < c1; ++ci) {
+      const int64_t n0 = ci * nb_max, nb = std::min(nb_max, g.N - n0);
+      int64_t ts, ss;
+      if (ps) {
+        at::Tensor c = cols.narrow(0, 0, nb * g.Cokk() * HW).view({nb, g.Cokk(), HW});
+        for (int64_t nl = 0; nl < nb; ++nl) {
+          at::Tensor cn = c[nl];
+          at::mm_out(cn, Wt, x[n0 + nl].view({g.Cin, HW}));
+        }
+        ts = HW; ss = g.Cokk() * HW;
+      } else {
+        at::Tensor c = cols.narrow(0, 0, nb * g.Cokk() * HW).view({g.Cokk(), nb * HW});
+        at::mm_out(c, Wt, X.narrow(1, n0 * HW, nb * HW));
+        ts = nb * HW; ss = HW;
       }
-      ts = HW; ss = g.Cokk() * HW;
-    } else {
-      at::Tensor c = cols.narrow(0, 0, nb * g.Cokk() * HW).view({g.Cokk(), nb * HW});
-      at::mm_out(c, Wt, X.narrow(1, n0 * HW, nb * HW));
-      ts = nb * HW; ss = HW;
+      dispatch_gather<T>(act, g, pt, cols.data_ptr<T>(), ts, ss, bias, y.data_ptr<T>(), n0, nb, 0, g.Cout, slope,
+                         gain, clamp);
     }
-    dispatch_gather<T>(act, g, pt, cols.data_ptr<T>(), ts, ss, bias, y.data_ptr<T>(), n0, nb, 0, g.Cout, slope,
-                       gain, clamp);
-  }
+  };
+  if (threads > 1 && nchunks >= 2 * threads && !force_inner) at::parallel_for(0, nchunks, 1, body);
+  else body(0, nchunks);
 }
 
 bool low_precision(const at::Tensor& t) {
@@ -461,12 +482,13 @@ at::Tensor conv_transpose_forward_cpu(const at::Tensor& x_, const at::Tensor& w_
   Geom g = make_geom(x_, w_, stride, padding, output_padding, fn);
   const bool lp = low_precision(x_);
   const auto ct = lp ? at::kFloat : x_.scalar_type();
-  at::Tensor x = x_.to(ct).contiguous(), w = w_.to(ct).contiguous();
+  // detached: parallel workers do not inherit the dispatcher's below-autograd state
+  at::Tensor x = x_.detach().to(ct).contiguous(), w = w_.detach().to(ct).contiguous();
   c10::optional<at::Tensor> b;
   if (b_.has_value() && b_->defined()) {
     TORCH_CHECK(b_->dim() == 1 && b_->size(0) == g.Cout, fn, ": bias must have shape [", g.Cout, "], got ",
                 b_->sizes());
-    b = b_->to(ct).contiguous();
+    b = b_->detach().to(ct).contiguous();
   }
   at::Tensor y = at::empty({g.N, g.Cout, g.Ho, g.Wo}, x.options());
   if (g.N > 0) {
@@ -576,63 +598,84 @@ void backward_impl(const Geom& g, const at::Tensor& gy, const at::Tensor& x, con
     if (need_w) gw.copy_(std::get<1>(r));
     return;
   }
+  // As in the forward: chunks in parallel (one thread each, per-thread accumulators
+  // summed at the end) when there are enough of them, else chunk by chunk.
+  static const bool force_inner = [] {
+    const char* e = std::getenv("FASTGAN_CT_PAR");
+    return e && std::string(e) == "inner";
+  }();
+  const int64_t threads = at::get_num_threads();
+  at::Tensor Wm = w.reshape({g.Cin, g.Cokk()});
   if (channel_chunks(g)) {
     const int64_t kk = g.kh * g.kw;
-    at::Tensor Wm = w.reshape({g.Cin, g.Cokk()});
     at::Tensor X = need_w ? channel_major(x) : at::Tensor();
-    at::Tensor gxm = need_x ? at::zeros({g.Cin, g.N * HW}, x.options()) : at::Tensor();
     at::Tensor gwm = need_w ? gw.view({g.Cin, g.Cokk()}) : at::Tensor();
     const int64_t cb_max = chunk_channels(g, sizeof(T));
-    at::Tensor Gbuf = at::empty({cb_max * kk, g.N * HW}, x.options());
-    at::Tensor gwtmp = need_w ? at::empty({g.Cin, cb_max * kk}, x.options()) : at::Tensor();
-    for (int64_t co0 = 0; co0 < g.Cout; co0 += cb_max) {
-      const int64_t cb = std::min(cb_max, g.Cout - co0);
-      at::Tensor G = Gbuf.narrow(0, 0, cb * kk);
-      im2col_grad<T>(g, gp.data_ptr<T>(), G.data_ptr<T>(), g.N * HW, HW, 0, g.N, co0 * kk, cb * kk);
-      if (need_x) gxm.addmm_(Wm.narrow(1, co0 * kk, cb * kk), G);
-      if (need_w) {
-        at::Tensor o = cb == cb_max ? gwtmp : at::empty({g.Cin, cb * kk}, x.options());
-        at::mm_out(o, X, G.t());
-        gwm.narrow(1, co0 * kk, cb * kk).copy_(o);
+    const int64_t nchunks = (g.Cout + cb_max - 1) / cb_max;
+    const bool par = threads > 1 && nchunks >= 2 * threads && !force_inner;
+    // grad_x accumulates over channel blocks: one accumulator per thread
+    at::Tensor gxacc = need_x ? at::zeros({par ? threads : 1, g.Cin, g.N * HW}, x.options()) : at::Tensor();
+    auto body = [&](int64_t c0, int64_t c1) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      at::Tensor Gbuf = at::empty({cb_max * kk, g.N * HW}, x.options());
+      at::Tensor gwtmp = need_w ? at::empty({g.Cin, cb_max * kk}, x.options()) : at::Tensor();
+      at::Tensor gxm = need_x ? gxacc[par ? at::get_thread_num() : 0] : at::Tensor();
+      for (int64_t ci = c0; ci < c1; ++ci) {
+        const int64_t co0 = ci * cb_max, cb = std::min(cb_max, g.Cout - co0);
+        at::Tensor G = Gbuf.narrow(0, 0, cb * kk);
+        im2col_grad<T>(g, gp.data_ptr<T>(), G.data_ptr<T>(), g.N * HW, HW, 0, g.N, co0 * kk, cb * kk);
+        if (need_x) gxm.addmm_(Wm.narrow(1, co0 * kk, cb * kk), G);
+        if (need_w) {
+          at::Tensor o = gwtmp.narrow(1, 0, cb * kk);
+          at::mm_out(o, X, G.t());
+          gwm.narrow(1, co0 * kk, cb * kk).copy_(o);
+        }
       }
-    }
-    if (need_x) gx.copy_(gxm.view({g.Cin, g.N, g.H, g.W}).permute({1, 0, 2, 3}));
+    };
+    if (par) at::parallel_for(0, nchunks, 1, body);
+    else body(0, nchunks);
+    if (need_x) gx.copy_(gxacc.sum(0).view({g.Cin, g.N, g.H, g.W}).permute({1, 0, 2, 3}));
     return;
   }
   const bool ps = per_sample(g);
-  at::Tensor Wm = w.reshape({g.Cin, g.Cokk()});
-  at::Tensor X;
-  if (need_w) {
-    if (!ps) X = channel_major(x);
-    gw.zero_();
-  }
-  at::Tensor gwm = need_w ? gw.view({g.Cin, g.Cokk()}) : at::Tensor();
+  at::Tensor X = (need_w && !ps) ? channel_major(x) : at::Tensor();
   const int64_t nb_max = chunk_samples(g, sizeof(T));
-  at::Tensor Gbuf = at::empty({nb_max * g.Cokk() * HW}, x.options());
-  at::Tensor gxbuf = (need_x && !ps) ? at::empty({g.Cin, nb_max * HW}, x.options()) : at::Tensor();
-  for (int64_t n0 = 0; n0 < g.N; n0 += nb_max) {
-    const int64_t nb = std::min(nb_max, g.N - n0);
-    if (ps) {
-      at::Tensor G = Gbuf.narrow(0, 0, nb * g.Cokk() * HW).view({nb, g.Cokk(), HW});
-      im2col_grad<T>(g, gp.data_ptr<T>(), G.data_ptr<T>(), HW, g.Cokk() * HW, n0, nb);
-      for (int64_t nl = 0; nl < nb; ++nl) {
-        if (need_x) {
-          at::Tensor o = gx[n0 + nl].view({g.Cin, HW});
-          at::mm_out(o, Wm, G[nl]);
+  const int64_t nchunks = (g.N + nb_max - 1) / nb_max;
+  const bool par = threads > 1 && nchunks >= 2 * threads && !force_inner;
+  // grad_w accumulates over samples: one accumulator per thread
+  at::Tensor gwacc = need_w ? at::zeros({par ? threads : 1, g.Cin, g.Cokk()}, x.options()) : at::Tensor();
+  auto body = [&](int64_t c0, int64_t c1) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor Gbuf = at::empty({nb_max * g.Cokk() * HW}, x.options());
+    at::Tensor gxbuf = (need_x && !ps) ? at::empty({g.Cin, nb_max * HW}, x.options()) : at::Tensor();
+    at::Tensor gwm = need_w ? gwacc[par ? at::get_thread_num() : 0] : at::Tensor();
+    for (int64_t ci = c0; ci < c1; ++ci) {
+      const int64_t n0 = ci * nb_max, nb = std::min(nb_max, g.N - n0);
+      if (ps) {
+        at::Tensor G = Gbuf.narrow(0, 0, nb * g.Cokk() * HW).view({nb, g.Cokk(), HW});
+        im2col_grad<T>(g, gp.data_ptr<T>(), G.data_ptr<T>(), HW, g.Cokk() * HW, n0, nb);
+        for (int64_t nl = 0; nl < nb; ++nl) {
+          if (need_x) {
+            at::Tensor o = gx[n0 + nl].view({g.Cin, HW});
+            at::mm_out(o, Wm, G[nl]);
+          }
+          if (need_w) gwm.addmm_(x[n0 + nl].view({g.Cin, HW}), G[nl].t());
         }
-        if (need_w) gwm.addmm_(x[n0 + nl].view({g.Cin, HW}), G[nl].t());
+      } else {
+        at::Tensor G = Gbuf.narrow(0, 0, nb * g.Cokk() * HW).view({g.Cokk(), nb * HW});
+        im2col_grad<T>(g, gp.data_ptr<T>(), G.data_ptr<T>(), nb * HW, HW, n0, nb);
+        if (need_x) {
+          at::Tensor o = gxbuf.narrow(1, 0, nb * HW);
+          at::mm_out(o, Wm, G);
+          gx.narrow(0, n0, nb).copy_(o.view({g.Cin, nb, g.H, g.W}).permute({1, 0, 2, 3}));
+        }
+        if (need_w) gwm.addmm_(X.narrow(1, n0 * HW, nb * HW), G.t());
       }
-    } else {
-      at::Tensor G = Gbuf.narrow(0, 0, nb * g.Cokk() * HW).view({g.Cokk(), nb * HW});
-      im2col_grad<T>(g, gp.data_ptr<T>(), G.data_ptr<T>(), nb * HW, HW, n0, nb);
-      if (need_x) {
-        at::Tensor o = gxbuf.narrow(1, 0, nb * HW);
-        at::mm_out(o, Wm, G);
-        gx.narrow(0, n0, nb).copy_(o.view({g.Cin, nb, g.H, g.W}).permute({1, 0, 2, 3}));
-      }
-      if (need_w) gwm.addmm_(X.narrow(1, n0 * HW, nb * HW), G.t());
     }
-  }
+  };
+  if (par) at::parallel_for(0, nchunks, 1, body);
+  else body(0, nchunks);
+  if (need_w) gw.view({g.Cin, g.Cokk()}).copy_(par ? gwacc.sum(0) : gwacc[0]);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_cpu(
@@ -650,8 +693,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_cpu(
   const bool need_x = output_mask_[0], need_w = output_mask_[1], need_b = output_mask_[2] && has_bias;
   const bool lp = low_precision(x_);
   const auto ct = lp ? at::kFloat : x_.scalar_type();
-  at::Tensor gy = gy_.to(ct).contiguous(), x = x_.to(ct).contiguous(), w = w_.to(ct).contiguous(),
-             t = saved_.to(ct).contiguous();
+  at::Tensor gy = gy_.detach().to(ct).contiguous(), x = x_.detach().to(ct).contiguous(),
+             w = w_.detach().to(ct).contiguous(), t = saved_.detach().to(ct).contiguous();
   at::Tensor gx = need_x ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor gw = need_w ? at::empty_like(w) : at::empty({0}, x.options());
   at::Tensor gb = need_b ? at::empty({g.Cout}, x.options()) : at::empty({0}, x.options());
