@@ -478,3 +478,29 @@ def test_unbatched_input():
     y = m(x)
     assert y.shape == (2, 9, 11)
     torch.testing.assert_close(y, m(x.unsqueeze(0)).squeeze(0))
+
+
+@pytest.mark.parametrize("chunk_kb", ["1", "24"])
+def test_cpu_kernel_chunking_paths(monkeypatch, chunk_kb):
+    """Tiny chunk budgets force many chunks (run in parallel on several threads, with
+    per-thread accumulators): sample chunks (channel-major and per-sample products) and
+    output-channel chunks, each against the reference, gradients included."""
+    if backends.why_not(OP, "cpu") is not None:
+        pytest.skip("cpu backend unavailable")
+    monkeypatch.setenv("FASTGAN_CT_CHUNK_KB", chunk_kb)
+    cases = [(13, 3, 4, 6, 4, 2, 1, "relu"),     # N*HW >= C_out*k*k: sample chunks, channel-major
+             (5, 3, 2, 16, 4, 2, 1, "tanh"),     # H*W >= 256: per-sample products
+             (3, 4, 17, 2, 4, 2, 1, "lrelu")]    # N*HW < C_out*k*k: output-channel chunks
+    for N, cin, cout, H, k, s, p, act in cases:
+        x = torch.randn(N, cin, H, H + 1, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(cin, cout, k, k, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+        with backends.use("cpu"):
+            y = FG.conv_transpose2d(x, w, b, s, p, activation=act)
+        ye = ref.conv_transpose2d(x, w, b, s, p, activation=act)
+        torch.testing.assert_close(y, ye, rtol=1e-10, atol=1e-10)
+        g = torch.randn_like(ye)
+        with backends.use("cpu"):
+            got = _grads(y, [x, w, b], g)
+        for a, e in zip(got, _grads(ye, [x, w, b], g)):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
