@@ -19,7 +19,7 @@ reference under autograd), compile (torch.compile of the reference).
 import pytest
 import torch
 
-from bench_ceiling import _llc_bytes
+from bench_ceiling import llc_bytes
 from conftest import DEVICE, dtypes, per_device, providers, provider_fn, record, run, torch_dtype
 
 from fastgan.functional import minibatch_stddev
@@ -30,7 +30,7 @@ GROUP, CHANNELS, EPS = 4, 1, 1e-8
 
 def _large_cpu_shape():
     per_sample = 512 * 64 * 64 * 4  # float32 bytes of one sample
-    n = -(-4 * _llc_bytes() // per_sample)
+    n = -(-4 * llc_bytes() // per_sample)
     return (max(GROUP, -(-n // GROUP) * GROUP), 512, 64, 64)
 
 
