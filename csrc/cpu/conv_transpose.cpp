@@ -10,7 +10,10 @@
 // c = rw + l*sw, and for a fixed tap the input column iw = (ow+pw)/sw - l walks
 // contiguously along the phase's outputs, so the gather adds contiguous rows. Every
 // output element is written exactly once, with bias, activation, gain and clamp applied
-// in that same write. Chunks keep cols in cache.
+// in that same write. The work is cut into chunks of samples (or of output channels when
+// the batch's pixels are fewer than the weight's columns) so cols stays in cache; with
+// enough chunks they run in parallel, one thread each. A 1x1 input without padding (the
+// nz projection) is a single GEMM whose result already is the output.
 //
 // Backward (grad_pre = grad_y * act'(.) * gain * clamp mask, recovered from the saved
 // output, see csrc/include/conv_transpose.h):
@@ -18,6 +21,10 @@
 //     grad_x[ci, (n,ih,iw)]  = W[ci, (co,a,c)] . G
 //     grad_w[ci, (co,a,c)]  += X[ci, (n,ih,iw)] . G^T
 //     grad_b[co]             = sum grad_pre[:, co]
+// (grad_pre and grad_b in one fused pass; for mid-sized layers grad_x and grad_w come from
+// the library's convolution backward instead, which measured faster there, see
+// use_library_backward). Tunables for experiments: FASTGAN_CT_CHUNK_KB, FASTGAN_CT_BWD,
+// FASTGAN_CT_PAR, FASTGAN_CT_GATHER.
 // float16 / bfloat16 run in float32 (accumulation and epilogue), rounded once at the end.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
