@@ -601,8 +601,8 @@ void backward_impl(const Geom& g, const at::Tensor& gy, const at::Tensor& x, con
     auto r = at::convolution_backward(gp, x, w, c10::nullopt, {g.sh, g.sw}, {g.ph, g.pw}, {1, 1}, true,
                                       {g.Ho - ((g.H - 1) * g.sh - 2 * g.ph + g.kh), g.Wo - ((g.W - 1) * g.sw - 2 * g.pw + g.kw)},
                                       1, {need_x, need_w, false});
-    if (need_x) gx.copy_(std::get<0>(r));
-    if (need_w) gw.copy_(std::get<1>(r));
+    if (need_x) gx = std::get<0>(r);  // rebinds the caller's tensor: no copy
+    if (need_w) gw = std::get<1>(r);
     return;
   }
   // As in the forward: chunks in parallel (one thread each, per-thread accumulators
