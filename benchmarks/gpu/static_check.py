@@ -63,7 +63,7 @@ CACHE = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cac
 # Flags torch.utils.cpp_extension gives nvcc for an extension (so the check sees what the
 # real build compiles), plus the ones setup.py adds.
 NVCC_FLAGS = [
-    "-std=c++20", "-O3", "--use_fast_math", "-lineinfo", "-Xptxas", "-v",
+    "-std=c++20", "-O3", "-lineinfo", "-Xptxas", "-v",
     "--expt-relaxed-constexpr", "--compiler-options", "-fPIC",
     "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
     "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
