@@ -252,9 +252,15 @@ def _git(*args):
         return ""
 
 
+# Load average when the run started: a busy machine (load above the core count) makes
+# CPU timings meaningless, and the report says so.
+LOAD_AT_START = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def machine_facts():
     """torch/triton versions, device name, threads, git revision: for every JSON."""
     facts = {
+        "load_average_at_start": LOAD_AT_START,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "fastgan_device": DEVICE,

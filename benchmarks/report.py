@@ -193,6 +193,12 @@ def facts_lines(run):
         f"- git revision {rev}, run {date}" + (", --quick" if m.get("quick") else ""),
         f"- source: `{os.path.basename(run['path'])}`",
     ]
+    load = m.get("load_average_at_start")
+    if load is not None:
+        cores = m.get("cpu", {}).get("count") or os.cpu_count() or 1
+        lines.append(f"- load average when the run started: {load}"
+                     + (" -- **the machine was busy: CPU timings of this run are unreliable**"
+                        if load >= 0.5 * cores else " (idle machine)"))
     return lines
 
 

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 
 from fastgan import functional as FG
+from fastgan.ops.conv_transpose import check_epilogue
+from fastgan.ops.minibatch_std import check_minibatch_std_args
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
@@ -21,6 +23,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
                  negative_slope: float = 0.2, gain: float = 1.0, clamp: Optional[float] = None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding,
                          groups, bias, dilation, padding_mode, device, dtype)
+        check_epilogue(activation, negative_slope, gain, clamp)  # fail at construction, not first use
         self.activation = activation
         self.negative_slope = negative_slope
         self.gain = gain
@@ -56,6 +59,7 @@ class MinibatchStdDev(nn.Module):
 
     def __init__(self, group_size: Optional[int] = 4, num_channels: int = 1, eps: float = 1e-8):
         super().__init__()
+        check_minibatch_std_args(group_size, num_channels, eps)  # fail at construction, not first use
         self.group_size = group_size
         self.num_channels = num_channels
         self.eps = eps

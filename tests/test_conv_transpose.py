@@ -504,3 +504,42 @@ def test_cpu_kernel_chunking_paths(monkeypatch, chunk_kb):
             got = _grads(y, [x, w, b], g)
         for a, e in zip(got, _grads(ye, [x, w, b], g)):
             torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_in_place_ops_on_linear_output_are_legal_like_nn():
+    """nn.ConvTranspose2d keeps nothing of its output, so nn.ReLU(inplace=True) or y.add_
+    after it are legal; the linear epilogue must not save y either."""
+    torch.manual_seed(0)
+    ours = L.ConvTranspose2d(3, 4, 3, 2, 1, dtype=torch.float64)
+    theirs = torch.nn.ConvTranspose2d(3, 4, 3, 2, 1, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    for after in (lambda y: torch.nn.ReLU(inplace=True)(y), lambda y: y.mul_(2).add_(1)):
+        grads = []
+        for m in (ours, theirs):
+            m.zero_grad()
+            after(m(x)).square().sum().backward()
+            grads.append(m.weight.grad.clone())
+        torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_bad_epilogue_fails_at_construction():
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        L.ConvTranspose2d(2, 2, 3, activation="gelu")
+    with pytest.raises(ValueError, match="clamp must be a non-negative"):
+        L.ConvTranspose2d(2, 2, 3, clamp=-1.0)
+
+
+@pytest.mark.slow
+def test_compile_dynamic_shapes_and_changing_gain():
+    """torch.compile(dynamic=True) traces the epilogue's floats symbolically: no graph break."""
+    torch._dynamo.reset()
+    m = L.ConvTranspose2d(3, 4, 3, 2, 1, activation="lrelu", gain=2 ** 0.5)
+    compiled = torch.compile(m, fullgraph=True, dynamic=True)
+    for n, size in ((2, 5), (3, 7)):
+        x = torch.randn(n, 3, size, size)
+        torch.testing.assert_close(compiled(x), m(x))
+    f = torch.compile(lambda x, w, g: FG.conv_transpose2d(x, w, gain=g), fullgraph=True)
+    x, w = torch.randn(2, 3, 5, 5), torch.randn(3, 4, 3, 3)
+    for g in (1.0, 2.0):
+        torch.testing.assert_close(f(x, w, g), FG.conv_transpose2d(x, w, gain=g))

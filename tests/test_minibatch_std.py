@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import fastgan.functional as FG
 import fastgan.layers as L
 from fastgan import backends
 from fastgan.functional import minibatch_stddev
@@ -376,3 +377,11 @@ def test_compiled_critic_matches_eager():
     torch.testing.assert_close(out_c, out_e)
     for a, b in zip(grads_c, grads_e):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("eps", [-1.0, float("nan"), float("inf")])
+def test_bad_eps_is_rejected(eps):
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        L.MinibatchStdDev(2, eps=eps)
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        FG.minibatch_stddev(torch.randn(4, 2, 3, 3), 2, eps=eps)

@@ -217,11 +217,18 @@ def _setup(ctx, inputs, output):
     ctx.args = (stride, padding, output_padding, groups, dilation, activation, slope, gain, clamp)
     ctx.has_bias = bias is not None
     ctx.mark_non_differentiable(saved)
-    ctx.save_for_backward(x, weight, bias, y if ctx.mode == ref.SAVE_OUTPUT else saved)
+    # A linear epilogue without clamp has the constant derivative `gain`: keep nothing of
+    # the output, so later in-place ops on y (nn.ReLU(inplace=True), y.add_) stay legal,
+    # as they are after nn.ConvTranspose2d.
+    ctx.output_free = activation in (None, "linear") and clamp is None and ctx.mode == ref.SAVE_OUTPUT
+    ctx.save_for_backward(x, weight, bias,
+                          None if ctx.output_free else (y if ctx.mode == ref.SAVE_OUTPUT else saved))
 
 
 def _backward(ctx, grad_y, _grad_saved):
     x, weight, bias, t = ctx.saved_tensors
+    if ctx.output_free:
+        t = grad_y  # any tensor of y's shape: the linear derivative does not read it
     stride, padding, output_padding, groups, dilation, activation, slope, gain, clamp = ctx.args
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
     gx, gw, gb = conv_transpose2d_backward_op(grad_y, x, weight, bias, t, ctx.mode, stride, padding,
@@ -289,6 +296,10 @@ conv_transpose2d_backward_op.register_autograd(_backward_bwd, setup_context=_set
 def _check_number(name, value, allow_none=False, nonneg=False):
     if value is None and allow_none:
         return None
+    if torch.compiler.is_compiling():
+        # dynamic=True traces floats symbolically: math.isfinite would break the graph; the
+        # eager call (and the module's constructor) check the same values.
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number{' or None' if allow_none else ''}, got {value!r}")
     value = float(value)
@@ -296,6 +307,15 @@ def _check_number(name, value, allow_none=False, nonneg=False):
         what = "a non-negative finite number" if nonneg else "a finite number"
         raise ValueError(f"{name} must be {what}{' or None' if allow_none else ''}, got {value!r}")
     return value
+
+
+def check_epilogue(activation, negative_slope, gain, clamp):
+    """Validate the epilogue's arguments; returns (negative_slope, gain, clamp) as floats."""
+    if activation not in ref.ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of "
+                         f"{', '.join(repr(a) for a in ref.ACTIVATIONS)}")
+    return (_check_number("negative_slope", negative_slope), _check_number("gain", gain),
+            _check_number("clamp", clamp, allow_none=True, nonneg=True))
 
 
 def _autocast(x, weight, bias):
@@ -374,12 +394,7 @@ def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     if not isinstance(input, torch.Tensor) or not isinstance(weight, torch.Tensor):
         raise TypeError("conv_transpose2d expects tensors for input and weight, got "
                         f"{type(input).__name__} and {type(weight).__name__}")
-    if activation not in ref.ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; expected one of "
-                         f"{', '.join(repr(a) for a in ref.ACTIVATIONS)}")
-    negative_slope = _check_number("negative_slope", negative_slope)
-    gain = _check_number("gain", gain)
-    clamp = _check_number("clamp", clamp, allow_none=True, nonneg=True)
+    negative_slope, gain, clamp = check_epilogue(activation, negative_slope, gain, clamp)
     stride, padding, output_padding, dilation = (list(_pair(v)) for v in (stride, padding, output_padding,
                                                                          dilation))
     input, weight, bias = _autocast(input, weight, bias)

@@ -129,6 +129,17 @@ def _divisors(n):
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def check_minibatch_std_args(group_size, num_channels, eps):
+    """The arguments that do not depend on the input."""
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                   or group_size < 1):
+        raise ValueError(f"group_size must be a positive int or None, got {group_size!r}")
+    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+        raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0 or eps == float("inf"):
+        raise ValueError(f"eps must be a finite number >= 0 (it sits inside sqrt(var + eps)), got {eps!r}")
+
+
 def minibatch_stddev(x: torch.Tensor, group_size: Optional[int] = 4, num_channels: int = 1,
                      eps: float = 1e-8) -> torch.Tensor:
     """Append the per-group mean standard deviation as `num_channels` extra channels.
@@ -147,10 +158,7 @@ def minibatch_stddev(x: torch.Tensor, group_size: Optional[int] = 4, num_channel
             f"minibatch_stddev needs a floating-point input (float32, float64, float16 or "
             f"bfloat16), got {x.dtype}; convert with x.float()")
     N, C = x.shape[0], x.shape[1]
-    if group_size is not None and (not isinstance(group_size, int) or group_size < 1):
-        raise ValueError(f"group_size must be a positive int or None, got {group_size!r}")
-    if not isinstance(num_channels, int) or num_channels < 1:
-        raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+    check_minibatch_std_args(group_size, num_channels, eps)
     if N < 1:
         raise ValueError("minibatch_stddev needs a batch of at least one sample, got N=0")
     G = N if group_size is None else min(group_size, N)
