@@ -305,6 +305,12 @@ def render(runs, out_path, plots_dir=None, static_rows=None, command=None):
                  "measured library GEMM or convolution rate of the same dtype. Above 100% means the "
                  "data fit in a cache (small shapes), not that the ceiling is wrong.")
     lines.append("")
+    # Hand-written analysis (targets met or missed, and why) lives beside the generated
+    # tables in benchmarks/TARGETS.md, so regenerating the tables never erases it.
+    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "TARGETS.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            lines += [f.read().rstrip(), ""]
     used = set()
     for run in runs:
         ceil = ceilings(run["rows"])
