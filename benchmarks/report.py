@@ -198,7 +198,8 @@ def facts_lines(run):
         cores = m.get("cpu", {}).get("count") or os.cpu_count() or 1
         lines.append(f"- load average when the run started: {load}"
                      + (" -- **the machine was busy: CPU timings of this run are unreliable**"
-                        if load >= 0.5 * cores else " (idle machine)"))
+                        if load >= cores else " (below the core count: no other heavy work; the "
+                        "1-minute average still carries the tail of whatever ran just before)"))
     return lines
 
 
