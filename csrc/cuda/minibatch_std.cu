@@ -255,7 +255,9 @@ at::Tensor minibatch_std_backward_cuda(const at::Tensor& dy_in, const at::Tensor
   if (dx.numel() == 0) return dx;
   const int64_t HW = x.size(2) * x.size(3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_std_backward_cuda", [&] {
-    constexpr int V = vec_width<scalar_t>();
+    // 2-byte types: 4 elements (8-byte accesses), not 8. With 8 lanes of float32 moments
+    // and IEEE division (no fast-math) the sm_80 build spilled 20 bytes.
+    constexpr int V = sizeof(scalar_t) == 2 ? 4 : vec_width<scalar_t>();
     if (V > 1 && HW % V == 0 && aligned16(x.const_data_ptr()) && aligned16(dy.const_data_ptr()) &&
         aligned16(dx.const_data_ptr())) {
       launch_backward<scalar_t, V>(dy, x, dx, G, F, eps);
