@@ -308,8 +308,10 @@ def render(runs, out_path, plots_dir=None, static_rows=None, command=None):
     lines.append("")
     # Hand-written analysis (targets met or missed, and why) lives beside the generated
     # tables in benchmarks/TARGETS.md, so regenerating the tables never erases it.
-    notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "TARGETS.md")
-    if os.path.exists(notes):
+    here = os.path.dirname(os.path.abspath(__file__))
+    notes = os.path.join(here, "TARGETS.md")
+    # Only beside the committed run it describes, not in a quick run's RESULTS.md elsewhere.
+    if os.path.exists(notes) and os.path.abspath(out_path) == os.path.join(here, "RESULTS.md"):
         with open(notes) as f:
             lines += [f.read().rstrip(), ""]
     used = set()
