@@ -11,13 +11,7 @@
 
 #include <math.h>
 
-#ifndef FASTGAN_HD
-#ifdef __CUDACC__
-#define FASTGAN_HD __host__ __device__
-#else
-#define FASTGAN_HD
-#endif
-#endif
+#include "fastgan_hd.h"
 
 namespace fastgan {
 namespace conv_transpose {
@@ -27,14 +21,14 @@ enum Act : int { kLinear = 0, kRelu = 1, kLrelu = 2, kTanh = 3, kSigmoid = 4 };
 // What the backward receives as `saved` (fastgan.reference.conv_transpose.SAVE_*).
 enum SaveMode : int { kSaveOutput = 0, kSavePreclamp = 1, kSavePre = 2 };
 
-FASTGAN_HD inline float ct_tanh(float v) { return tanhf(v); }
-FASTGAN_HD inline double ct_tanh(double v) { return tanh(v); }
-FASTGAN_HD inline float ct_exp(float v) { return expf(v); }
-FASTGAN_HD inline double ct_exp(double v) { return exp(v); }
+FASTGAN_HD float ct_tanh(float v) { return tanhf(v); }
+FASTGAN_HD double ct_tanh(double v) { return tanh(v); }
+FASTGAN_HD float ct_exp(float v) { return expf(v); }
+FASTGAN_HD double ct_exp(double v) { return exp(v); }
 
 // act(v) without gain.
 template <typename T>
-FASTGAN_HD inline T act_forward(T v, int act, T slope) {
+FASTGAN_HD T act_forward(T v, int act, T slope) {
   switch (act) {
     case kRelu: return v > T(0) ? v : T(0);
     case kLrelu: return v > T(0) ? v : v * slope;
@@ -46,7 +40,7 @@ FASTGAN_HD inline T act_forward(T v, int act, T slope) {
 
 // y from pre (bias already added).
 template <typename T>
-FASTGAN_HD inline T epilogue(T v, int act, T slope, T gain, T clamp) {
+FASTGAN_HD T epilogue(T v, int act, T slope, T gain, T clamp) {
   T z = act_forward(v, act, slope) * gain;
   if (clamp >= T(0)) z = z < -clamp ? -clamp : (z > clamp ? clamp : z);
   return z;
@@ -56,7 +50,7 @@ FASTGAN_HD inline T epilogue(T v, int act, T slope, T gain, T clamp) {
 // clamp >= 0 the clamp's gradient [|t| <= clamp] is applied. Valid for every act when
 // gain != 0 (lrelu needs negative_slope >= 0); gain == 0 gives 0.
 template <typename T>
-FASTGAN_HD inline T act_grad_from_output(T t, int act, T slope, T gain, T clamp) {
+FASTGAN_HD T act_grad_from_output(T t, int act, T slope, T gain, T clamp) {
   if (gain == T(0)) return T(0);
   if (clamp >= T(0) && !(t <= clamp && t >= -clamp)) return T(0);
   switch (act) {
@@ -71,7 +65,7 @@ FASTGAN_HD inline T act_grad_from_output(T t, int act, T slope, T gain, T clamp)
 // d y / d pre from the pre-activation itself (always exact; used for lrelu with a
 // negative slope, where the output does not determine the branch).
 template <typename T>
-FASTGAN_HD inline T act_grad_from_pre(T v, int act, T slope, T gain, T clamp) {
+FASTGAN_HD T act_grad_from_pre(T v, int act, T slope, T gain, T clamp) {
   T d;
   switch (act) {
     case kRelu: d = v > T(0) ? T(1) : T(0); break;

@@ -21,13 +21,7 @@
 // computed and written exactly once.
 #pragma once
 
-#ifndef FASTGAN_HD
-#ifdef __CUDACC__
-#define FASTGAN_HD __host__ __device__
-#else
-#define FASTGAN_HD
-#endif
-#endif
+#include "fastgan_hd.h"
 
 namespace fastgan {
 namespace conv_transpose {
@@ -40,7 +34,7 @@ struct PhaseAxis {
 };
 
 // All arguments >= 0 except none: ph in [0, s), s >= 1, p >= 0, k >= 1, out >= 1.
-FASTGAN_HD inline PhaseAxis phase_axis(int ph, int s, int p, int k, int out) {
+FASTGAN_HD PhaseAxis phase_axis(int ph, int s, int p, int k, int out) {
   PhaseAxis a;
   a.r = (ph + p) % s;
   a.q = (ph + p) / s;
@@ -50,7 +44,7 @@ FASTGAN_HD inline PhaseAxis phase_axis(int ph, int s, int p, int k, int out) {
 }
 
 // Taps per phase along an axis at most (the packed weight's extent): ceil(k / s).
-FASTGAN_HD inline int max_taps(int s, int k) { return (k + s - 1) / s; }
+FASTGAN_HD int max_taps(int s, int k) { return (k + s - 1) / s; }
 
 }  // namespace conv_transpose
 }  // namespace fastgan

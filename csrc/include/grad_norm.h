@@ -20,13 +20,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef FASTGAN_HD
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define FASTGAN_HD __host__ __device__ __forceinline__
-#else
-#define FASTGAN_HD inline
-#endif
-#endif
+#include "fastgan_hd.h"
 
 namespace fastgan {
 namespace gradnorm {

@@ -20,11 +20,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define FASTGAN_HD __host__ __device__ __forceinline__
-#else
-#define FASTGAN_HD inline
-#endif
+#include "fastgan_hd.h"
 
 namespace fastgan {
 namespace mbstd {
