@@ -66,7 +66,7 @@ def _has_cuda_impl():
 def _cuda_check(x=None, w=None, stride=None, padding=None, output_padding=None, groups=1, dilation=None):
     reason = _common.cuda_reason(x, _FAST_DTYPES)
     if reason is None and not _has_cuda_impl():
-        reason = "the CUDA conv_transpose kernel is not implemented yet in this build of fastgan._C"
+        reason = "this build of fastgan._C has no CUDA conv_transpose kernel (rebuild with FASTGAN_CUDA=1)"
     if reason is None:
         reason = _kernel_config_reason(x, w, stride, padding, output_padding, groups, dilation)
     return reason
@@ -84,9 +84,9 @@ def _triton_check(x=None, w=None, stride=None, padding=None, output_padding=None
     try:
         k = _triton_module()
     except ImportError as exc:
-        return f"the Triton conv_transpose kernel is not implemented yet ({exc})"
+        return f"fastgan.kernels.conv_transpose did not import ({exc})"
     if not hasattr(k, "forward") or not hasattr(k, "supports"):
-        return "the Triton conv_transpose kernel is not implemented yet (no forward/supports)"
+        return "fastgan.kernels.conv_transpose lacks forward/supports (a mismatched install?)"
     reason = _kernel_config_reason(x, w, stride, padding, output_padding, groups, dilation)
     if reason is None and x is not None:
         reason = k.supports(x, w, tuple(stride), tuple(padding), tuple(output_padding), groups,
