@@ -84,8 +84,13 @@ def _worker(rank, port, out_path):
                 opt.step()
         if rank == 0:
             torch.save({"state": critic.state_dict(), "losses": losses}, out_path)
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
+    # Skip the interpreter's exit-time C++ destructors: gloo's threads occasionally abort
+    # there ("terminate called without an active exception", seen once in CI after all
+    # work was done). The result is already on disk; what this test checks is the math.
+    os._exit(0)
 
 
 def _free_port():
