@@ -41,7 +41,10 @@ def _extensions():
     from torch.utils import cpp_extension
 
     arch = os.environ.get("FASTGAN_CPU_ARCH", "native")
-    cxx = ["-O3", "-fopenmp", "-std=c++17", "-DNDEBUG"]
+    # -fno-math-errno: without it GCC must keep sqrt scalar (it may set errno), which
+    # leaves the AVX2 build's per-position roots unvectorised (10x slower minibatch_std
+    # on an AVX2-only EPYC). It changes no result, only errno.
+    cxx = ["-O3", "-fopenmp", "-std=c++17", "-DNDEBUG", "-fno-math-errno"]
     if platform.machine() in ("x86_64", "AMD64") and arch:
         cxx.append(f"-march={arch}")
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))

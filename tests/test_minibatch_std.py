@@ -216,13 +216,14 @@ def test_layouts_give_the_contiguous_result(backend):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 def test_cpu_streaming_store_path(monkeypatch, dtype):
-    """Outputs >= FASTGAN_STREAM_MIN_BYTES (128 MiB by default) are written with
-    streaming stores; 0 forces that path here, on sizes whose member spans start at
-    unaligned addresses (odd H*W) and aligned ones."""
+    """In the tile passes (G > 8, or half/bfloat16), outputs >= FASTGAN_STREAM_MIN_BYTES
+    (128 MiB by default) are written with streaming stores; 0 forces that path here, on
+    sizes whose member spans start at unaligned addresses (odd H*W) and aligned ones.
+    (G <= 8 in float32/float64 takes the fused register path, which never streams.)"""
     if backends.why_not(OP, "cpu") is not None:
         pytest.skip(f"cpu backend unavailable: {backends.why_not(OP, 'cpu')}")
     monkeypatch.setenv("FASTGAN_STREAM_MIN_BYTES", "0")
-    for case in (((8, 6, 5, 3), 4, 2), ((8, 64, 16, 16), 4, 1), ((6, 7, 13, 17), 3, 7)):
+    for case in (((8, 6, 5, 3), 4, 2), ((8, 64, 16, 16), 4, 1), ((6, 7, 13, 17), 3, 7), ((32, 5, 7, 11), 16, 5)):
         _check_case("cpu", "cpu", case, dtype)
 
 

@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "conv_transpose.h"
+#include "output_pool.h"
 
 // Let GCC if-convert the epilogue's float selects (relu, clamp, ...) into vector
 // min/max/blend: without this, -ftrapping-math keeps them as branches and the loops
@@ -497,7 +498,7 @@ at::Tensor conv_transpose_forward_cpu(const at::Tensor& x_, const at::Tensor& w_
                 b_->sizes());
     b = b_->detach().to(ct).contiguous();
   }
-  at::Tensor y = at::empty({g.N, g.Cout, g.Ho, g.Wo}, x.options());
+  at::Tensor y = pooled_empty({g.N, g.Cout, g.Ho, g.Wo}, x.options());
   if (g.N > 0) {
     if (ct == at::kDouble) forward_impl<double>(g, x, w, b, y, act, negative_slope, gain, clamp);
     else forward_impl<float>(g, x, w, b, y, act, negative_slope, gain, clamp);
@@ -582,7 +583,7 @@ template <typename T>
 void backward_impl(const Geom& g, const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& t,
                    int64_t mode, int64_t act, double slope, double gain, double clamp, bool need_x, bool need_w,
                    bool need_b, at::Tensor& gx, at::Tensor& gw, at::Tensor& gb) {
-  at::Tensor gp = at::empty_like(gy);
+  at::Tensor gp = pooled_empty(gy.sizes(), gy.options());
   grad_pre_impl<T>(g, gy.data_ptr<T>(), t.data_ptr<T>(), mode, gp.data_ptr<T>(), need_b ? gb.data_ptr<T>() : nullptr,
                    int(act), T(slope), T(gain), T(clamp));
   if (!need_x && !need_w) return;
@@ -702,7 +703,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_cpu(
   const auto ct = lp ? at::kFloat : x_.scalar_type();
   at::Tensor gy = gy_.detach().to(ct).contiguous(), x = x_.detach().to(ct).contiguous(),
              w = w_.detach().to(ct).contiguous(), t = saved_.detach().to(ct).contiguous();
-  at::Tensor gx = need_x ? at::empty_like(x) : at::empty({0}, x.options());
+  at::Tensor gx = need_x ? pooled_empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   at::Tensor gw = need_w ? at::empty_like(w) : at::empty({0}, x.options());
   at::Tensor gb = need_b ? at::empty({g.Cout}, x.options()) : at::empty({0}, x.options());
   if (g.N == 0) {

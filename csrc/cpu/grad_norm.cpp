@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "grad_norm.h"
+#include "output_pool.h"
 
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -284,7 +285,7 @@ at::Tensor grad_norm_backward(const at::Tensor& grad_out, const at::Tensor& grad
   const at::Tensor g = grad.contiguous();
   const at::Tensor s = sumsq.contiguous();
   const double go = grad_out.item<double>();
-  at::Tensor out = at::empty(g.sizes(), g.options());
+  at::Tensor out = pooled_empty(g.sizes(), g.options());
   FASTGAN_GRAD_NORM_DISPATCH(g.scalar_type(), "grad_norm_backward", [&] {
     backward_kernel<scalar_t>(go, g, s, out, center);
   });

@@ -19,10 +19,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cstdint>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -31,6 +29,7 @@
 #include <vector>
 
 #include "minibatch_std.h"
+#include "output_pool.h"
 
 namespace fastgan {
 namespace {
@@ -67,25 +66,8 @@ Geometry make_geometry(const at::Tensor& x, int64_t G, int64_t F) {
   return g;
 }
 
-// A fresh multi-megabyte output comes from mmap and is faulted in 4 KiB pages on first
-// write; on a VM each fault costs microseconds, so at 100+ MB the faults take longer
-// than the kernel itself. Asking for transparent huge pages on the (2 MiB-aligned
-// interior of the) new buffer cuts the faults 512-fold where THP is in "madvise" mode.
-// A hint only: harmless if the memory is already mapped or THP is off.
-void advise_huge_pages(void* ptr, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  if (bytes < 4 * kHuge) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(ptr) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(ptr) + bytes) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)ptr;
-  (void)bytes;
-#endif
-}
-
-// Outputs at least this large are written with non-temporal (streaming) stores: they
+// In the tile passes (group sizes above kMaxFusedG, half/bfloat16), outputs at least
+// this large are written with non-temporal (streaming) stores: they
 // cannot stay in cache for the next layer anyway, and streaming skips the read-for-
 // ownership of every output line (one memory pass of the output's size saved).
 // FASTGAN_STREAM_MIN_BYTES overrides the threshold (the tests set 0 to cover the
@@ -236,6 +218,100 @@ inline float tile_rsqrt<float>(const float* __restrict__ var, float eps, int64_t
 }
 #endif
 
+// ---------------------------------------------------------------- fixed-G fast path
+// For the common group sizes (G <= kMaxFusedG) the G values of a position fit in
+// registers: one loop over the positions t of the tile reads each member once, writes
+// it to y (forward) or writes dx (backward), and computes the centred moments from the
+// registers, so nothing goes through a stack array between passes. It does not stream
+// its stores: on the AVX2 EPYC VM plain stores measured faster at 128 MiB (forward
+// 13 ms vs 28 ms with streaming, backward 18 ms vs 37 ms). The loop is
+// vectorised over t (8 floats per AVX2 register, 16 with AVX-512); G is a template
+// argument so the member loop unrolls. Same math as the tile passes above (exact
+// two-pass centring, eps inside the root).
+constexpr int kMaxFusedG = 8;
+
+template <int kG, typename scalar_t, typename acc_t>
+inline acc_t fused_forward_tile(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t gs,
+                                int64_t gys, int64_t n, acc_t inv_G, acc_t eps) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t t = 0; t < n; ++t) {
+    acc_t v[kG];
+    acc_t mu = 0;
+    for (int g = 0; g < kG; ++g) {
+      const scalar_t s = x[g * gs + t];
+      y[g * gys + t] = s;
+      v[g] = static_cast<acc_t>(s);
+      mu += v[g];
+    }
+    mu *= inv_G;
+    acc_t var = 0;
+    for (int g = 0; g < kG; ++g) {
+      const acc_t d = v[g] - mu;
+      var += d * d;
+    }
+    sum += group_std<acc_t>(var * inv_G, eps);
+  }
+  return sum;
+}
+
+// dx_g = dy_g + cf / std * (x_g - mu), cf = S / (L G) for this (m, f).
+template <int kG, typename scalar_t, typename acc_t>
+inline void fused_backward_tile(const scalar_t* __restrict__ x, const scalar_t* __restrict__ dy,
+                                scalar_t* __restrict__ dx, int64_t gs, int64_t gys, int64_t n, acc_t inv_G,
+                                acc_t eps, acc_t cf) {
+#pragma omp simd
+  for (int64_t t = 0; t < n; ++t) {
+    acc_t v[kG];
+    acc_t mu = 0;
+    for (int g = 0; g < kG; ++g) {
+      v[g] = static_cast<acc_t>(x[g * gs + t]);
+      mu += v[g];
+    }
+    mu *= inv_G;
+    acc_t var = 0;
+    for (int g = 0; g < kG; ++g) {
+      const acc_t d = v[g] - mu;
+      var += d * d;
+    }
+    const acc_t r = cf / group_std<acc_t>(var * inv_G, eps);
+    for (int g = 0; g < kG; ++g) {
+      dx[g * gs + t] = static_cast<scalar_t>(
+          grad_input<acc_t>(static_cast<acc_t>(dy[g * gys + t]), v[g], mu, r));
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+using FusedForwardFn = acc_t (*)(const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, acc_t, acc_t);
+template <typename scalar_t, typename acc_t>
+using FusedBackwardFn = void (*)(const scalar_t*, const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, acc_t,
+                                 acc_t, acc_t);
+
+// The fused tile functions for this G, or nullptr where the tile passes are used: other
+// group sizes, and half/bfloat16 (their conversions do not vectorise in this form).
+template <typename scalar_t, typename acc_t, int kG = 1>
+FusedForwardFn<scalar_t, acc_t> fused_forward_for(int64_t G) {
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    return nullptr;
+  } else if constexpr (kG > kMaxFusedG) {
+    return nullptr;
+  } else {
+    return G == kG ? &fused_forward_tile<kG, scalar_t, acc_t> : fused_forward_for<scalar_t, acc_t, kG + 1>(G);
+  }
+}
+
+template <typename scalar_t, typename acc_t, int kG = 1>
+FusedBackwardFn<scalar_t, acc_t> fused_backward_for(int64_t G) {
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    return nullptr;
+  } else if constexpr (kG > kMaxFusedG) {
+    return nullptr;
+  } else {
+    return G == kG ? &fused_backward_tile<kG, scalar_t, acc_t> : fused_backward_for<scalar_t, acc_t, kG + 1>(G);
+  }
+}
+
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& x, at::Tensor& y, const Geometry& geo, double eps_d) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -247,6 +323,7 @@ void forward_kernel(const at::Tensor& x, at::Tensor& y, const Geometry& geo, dou
   const int64_t gs = geo.M * geo.C * geo.HW, gys = geo.M * (geo.C + geo.F) * geo.HW;
   std::vector<double> partial(static_cast<size_t>(items), 0.0);
   const bool stream = y.nbytes() >= stream_min_bytes();
+  const FusedForwardFn<scalar_t, acc_t> fused = fused_forward_for<scalar_t, acc_t>(geo.G);
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     alignas(64) acc_t mean[kTile];
@@ -262,6 +339,10 @@ void forward_kernel(const at::Tensor& x, at::Tensor& y, const Geometry& geo, dou
       double total = 0.0;
       for (int64_t j = chunk * geo.chunk; j < j_end; j += kTile) {
         const int64_t n = std::min(kTile, j_end - j);
+        if (fused != nullptr) {
+          total += static_cast<double>(fused(xb + j, yb + j, gs, gys, n, inv_G, eps));
+          continue;
+        }
         if (stream) {
           // moments first, then the copy from L1 with streaming stores
           tile_moments<scalar_t, acc_t, false>(xb + j, nullptr, gs, gys, geo.G, n, inv_G, mean, var);
@@ -332,6 +413,7 @@ void backward_kernel(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, 
 
   const int64_t items = MF * geo.nchunks;
   const bool stream = dx.nbytes() >= stream_min_bytes();
+  const FusedBackwardFn<scalar_t, acc_t> fused = fused_backward_for<scalar_t, acc_t>(geo.G);
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     alignas(64) acc_t mean[kTile];
     alignas(64) acc_t var[kTile];
@@ -351,6 +433,10 @@ void backward_kernel(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, 
         const scalar_t* xt = xb + j;
         const scalar_t* gt = gb + j;
         scalar_t* ot = ob + j;
+        if (fused != nullptr) {
+          fused(xt, gt, ot, gs, gys, n, inv_G, eps, cf);
+          continue;
+        }
         tile_moments<scalar_t, acc_t, false>(xt, nullptr, gs, gys, geo.G, n, inv_G, mean, var);
         tile_rsqrt<acc_t>(var, eps, n, rs);
 #pragma omp simd
@@ -377,9 +463,8 @@ at::Tensor minibatch_std_forward(const at::Tensor& x_in, int64_t G, int64_t F, d
   check_args(x_in, G, F, "fastgan_C::minibatch_std_forward");
   const at::Tensor x = x_in.contiguous();
   const Geometry geo = make_geometry(x, G, F);
-  at::Tensor y = at::empty({geo.N, geo.C + F, geo.H, geo.W}, x.options());
+  at::Tensor y = pooled_empty({geo.N, geo.C + F, geo.H, geo.W}, x.options());
   if (y.numel() == 0) return y;
-  advise_huge_pages(y.data_ptr(), y.nbytes());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_std_forward",
                                   [&] { forward_kernel<scalar_t>(x, y, geo, eps); });
   return y;
@@ -399,9 +484,8 @@ at::Tensor minibatch_std_backward(const at::Tensor& dy_in, const at::Tensor& x_i
   const at::Tensor x = x_in.contiguous();
   const at::Tensor dy = dy_in.contiguous();
   const Geometry geo = make_geometry(x, G, F);
-  at::Tensor dx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor dx = pooled_empty(x.sizes(), x.options());
   if (dx.numel() == 0) return dx;
-  advise_huge_pages(dx.data_ptr(), dx.nbytes());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_std_backward",
                                   [&] { backward_kernel<scalar_t>(dy, x, dx, geo, eps); });
   return dx;
