@@ -506,6 +506,35 @@ def test_cpu_kernel_chunking_paths(monkeypatch, chunk_kb):
             torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("act, gain, clamp", [("linear", 1.0, None), ("relu", 1.0, None),
+                                              ("lrelu", 2 ** 0.5, 0.7), ("tanh", 1.5, None),
+                                              ("sigmoid", 1.0, 0.4), ("linear", 0.5, 1.0)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_cpu_library_forward_path(act, gain, clamp, dtype):
+    """Wide mid-sized layers (C_in, C_out >= 16, N*H*W >= 256) run oneDNN's transposed
+    convolution on channels-last copies and apply the epilogue while transposing back
+    (use_library_forward; float32 takes the 8x8 AVX2 transposes, with channel and pixel
+    counts that are not multiples of 8); odd sizes, a non-square kernel and
+    output_padding, against the reference."""
+    if backends.why_not(OP, "cpu") is not None:
+        pytest.skip("cpu backend unavailable")
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    x = torch.randn(3, 16, 9, 11, dtype=dtype, requires_grad=True)
+    w = (torch.randn(16, 17, 4, 3, dtype=dtype) / 8).requires_grad_()
+    b = torch.randn(17, dtype=dtype, requires_grad=True)
+    kw = dict(stride=(2, 3), padding=(1, 1), output_padding=(1, 2), activation=act, negative_slope=0.2,
+              gain=gain, clamp=clamp)
+    with backends.use("cpu"):
+        y = FG.conv_transpose2d(x, w, b, **kw)
+    ye = ref.conv_transpose2d(x, w, b, **kw)
+    torch.testing.assert_close(y, ye, **tol)
+    g = torch.randn_like(ye)
+    with backends.use("cpu"):
+        got = _grads(y, [x, w, b], g)
+    for a, e in zip(got, _grads(ye, [x, w, b], g)):
+        torch.testing.assert_close(a, e, **tol)
+
+
 def test_in_place_ops_on_linear_output_are_legal_like_nn():
     """nn.ConvTranspose2d keeps nothing of its output, so nn.ReLU(inplace=True) or y.add_
     after it are legal; the linear epilogue must not save y either."""
