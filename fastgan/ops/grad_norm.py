@@ -159,6 +159,30 @@ def _backward_bwd(ctx, ggrad):
 grad_norm_penalty_backward_op.register_autograd(_backward_bwd, setup_context=_setup_bwd)
 
 
+class _EagerGradNormPenalty(torch.autograd.Function):
+    """fastgan::grad_norm_penalty without the custom-op dispatch, for plain eager mode
+    (see _common.eager_fast_path): the same backend kernels; the backward calls the
+    kernel directly unless a graph is being built (create_graph=True, as WGAN-GP and R1
+    do through the critic), where it calls the differentiable backward op."""
+
+    @staticmethod
+    def forward(ctx, grad, center):
+        grad = grad.contiguous()
+        penalty, sumsq = backends.choose(OP, grad).impl.forward(grad, center)
+        ctx.mark_non_differentiable(sumsq)
+        ctx.save_for_backward(grad, sumsq)
+        ctx.center = center
+        return penalty, sumsq
+
+    @staticmethod
+    def backward(ctx, grad_penalty, _grad_sumsq):
+        grad, sumsq = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return grad_norm_penalty_backward_op(grad_penalty, grad, sumsq, ctx.center), None
+        impl = backends.choose(OP, grad).impl
+        return impl.backward(grad_penalty.contiguous(), grad, sumsq, ctx.center).contiguous(), None
+
+
 # ---------------------------------------------------------------- public function
 def gradient_norm_penalty(grad: torch.Tensor, center: float = 1.0) -> torch.Tensor:
     """The fused reduction of every gradient penalty:
@@ -184,5 +208,8 @@ def gradient_norm_penalty(grad: torch.Tensor, center: float = 1.0) -> torch.Tens
         center = float(center)
     except (TypeError, ValueError):
         raise TypeError(f"center must be a number, got {center!r}") from None
-    penalty, _ = grad_norm_penalty_op(grad, center)
+    if _common.eager_fast_path(grad):
+        penalty, _ = _EagerGradNormPenalty.apply(grad, center)
+    else:
+        penalty, _ = grad_norm_penalty_op(grad, center)
     return penalty

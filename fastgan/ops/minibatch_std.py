@@ -124,6 +124,26 @@ def _backward_bwd(ctx, ggx):
 minibatch_std_backward_op.register_autograd(_backward_bwd, setup_context=_setup_bwd)
 
 
+class _EagerMinibatchStd(torch.autograd.Function):
+    """fastgan::minibatch_std without the custom-op dispatch, for plain eager mode (see
+    _common.eager_fast_path): the same backend kernels; the backward calls the kernel
+    directly unless a graph is being built (create_graph=True, R1 / WGAN-GP through the
+    critic), where it calls the differentiable backward op."""
+
+    @staticmethod
+    def forward(ctx, x, G, F, eps):
+        ctx.save_for_backward(x)
+        ctx.args = (G, F, eps)
+        return backends.choose(OP, x).impl.forward(x, G, F, eps)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return minibatch_std_backward_op(grad, x, *ctx.args), None, None, None
+        return backends.choose(OP, x).impl.backward(grad, x, *ctx.args), None, None, None
+
+
 # ---------------------------------------------------------------- public function
 def _divisors(n):
     return [d for d in range(1, n + 1) if n % d == 0]
@@ -171,4 +191,6 @@ def minibatch_stddev(x: torch.Tensor, group_size: Optional[int] = 4, num_channel
         raise ValueError(
             f"minibatch_stddev: channels C={C} are not divisible by num_channels F={num_channels}; "
             f"values of num_channels that divide C={C}: {_divisors(C)}")
+    if _common.eager_fast_path(x):
+        return _EagerMinibatchStd.apply(x, G, num_channels, float(eps))
     return minibatch_std_op(x, G, num_channels, float(eps))
