@@ -39,11 +39,15 @@ def load(path):
     with open(path) as f:
         data = json.load(f)
     machine = data.get("machine_info", {}) or {}
-    rows = []
+    rows, paired = [], []
     for b in data.get("benchmarks", []):
         info = b.get("extra_info", {}) or {}
         stats = b.get("stats", {}) or {}
         if "op" not in info or stats.get("median") is None:
+            continue
+        if "paired" in info:  # bench_paired.py: its own table, not the per-op tables
+            paired.append({"case": info.get("case", info["op"]), "median": float(stats["median"]),
+                           "rounds": stats.get("rounds"), "paired": info["paired"]})
             continue
         rows.append({
             "op": info["op"],
@@ -60,7 +64,7 @@ def load(path):
             "name": b.get("name", ""),
         })
     device = machine.get("fastgan_device") or (rows[0]["device"] if rows else "?")
-    return {"path": path, "machine": machine, "device": device, "rows": rows,
+    return {"path": path, "machine": machine, "device": device, "rows": rows, "paired": paired,
             "datetime": data.get("datetime", ""), "commit": data.get("commit_info", {}) or {}}
 
 
@@ -229,6 +233,22 @@ def op_tables(configs):
     return lines
 
 
+def paired_table(paired):
+    """bench_paired.py: each round ran the baselines and fastgan back to back."""
+    out = ["Each round runs every baseline and then fastgan back to back (benchmarks/bench_paired.py), "
+           "so machine drift hits both alike. ratio = median(baseline) / median(fastgan): above 1 "
+           "fastgan is faster; for *copy* (a copy of the case's minimal bytes) it is the fraction of "
+           "the copy bandwidth fastgan reaches.", "",
+           "| case (fwd+bwd) | rounds | fastgan | baseline | baseline time | ratio |",
+           "|---|---:|---:|---|---:|---:|"]
+    for r in paired:
+        for name, v in r["paired"].items():
+            ratio = f"{100 * v['ratio']:.0f}% of copy" if name == "copy" else fmt_x(v["ratio"])
+            out.append(f"| {r['case']} | {r['rounds']} | {fmt_time(r['median'])} | {name} | "
+                       f"{fmt_time(v['median'])} | {ratio} |")
+    return out
+
+
 def static_table(rows):
     lines = ["| kernel | kind | arch | registers | spill bytes | shared bytes | stack bytes | 128-bit loads | mma/wgmma |",
              "|---|---|---|---:|---:|---:|---:|---|---|"]
@@ -326,6 +346,11 @@ def render(runs, out_path, plots_dir=None, static_rows=None, command=None):
         lines.append("")
         lines.extend(ceilings_table(ceil))
         lines.append("")
+        if run.get("paired"):
+            lines.append("### Paired (interleaved) measurements")
+            lines.append("")
+            lines.extend(paired_table(run["paired"]))
+            lines.append("")
         slug = _slug(run["device"])
         while slug in used:
             slug += "_"
