@@ -25,7 +25,7 @@ import bench_conv_transpose as ct
 import bench_critic_step as cs
 import bench_grad_norm as gn
 import bench_minibatch_std as mb
-from conftest import DEVICE, QUICK, provider_fn, record
+from conftest import DEVICE, QUICK, provider_fn
 
 pytestmark = pytest.mark.skipif(DEVICE != "cpu", reason="paired measurements are for the CPU run")
 
@@ -119,5 +119,6 @@ def test_paired(benchmark, case):
     t_fast = benchmark.stats.stats.median
     paired = {name: {"median": statistics.median(ts), "ratio": statistics.median(ts) / t_fast}
               for name, ts in times.items()}
-    record(benchmark, op=op, provider="fastgan", mode="paired", dtype="float32", shape=shape,
-           bytes=nbytes, paired=paired, case=case_id)
+    benchmark.extra_info.update({"op": op, "provider": "fastgan", "mode": "paired", "dtype": "float32",
+                                 "shape": "x".join(map(str, shape)), "device": DEVICE, "case": case_id,
+                                 "paired": paired})

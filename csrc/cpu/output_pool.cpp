@@ -93,8 +93,6 @@ class Pool {
     return {static_cast<int64_t>(idle_bytes_), static_cast<int64_t>(limit_), hits_, misses_};
   }
 
-  bool enabled() const { return limit_ > 0; }
-
  private:
   std::mutex mu_;
   std::unordered_map<size_t, std::vector<void*>> idle_;
@@ -118,7 +116,9 @@ void delete_block(void* ctx) {
 class PoolAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t nbytes) override {
-    if (nbytes < kMinPooledBytes || !pool().enabled()) return c10::GetCPUAllocator()->allocate(nbytes);
+    // Large blocks always come through the pool's take(), which gives new ones the
+    // huge-page advice; with the pool off (limit 0) give_back() frees them at once.
+    if (nbytes < kMinPooledBytes) return c10::GetCPUAllocator()->allocate(nbytes);
     const size_t bytes = (nbytes + kRound - 1) / kRound * kRound;
     void* p = pool().take(bytes);
     return {p, new Block{p, bytes}, &delete_block, c10::Device(c10::DeviceType::CPU)};

@@ -11,7 +11,7 @@
 // Policy: blocks of at least kMinPooledBytes are rounded up to 64 KiB and cached by
 // size when their tensor dies; smaller ones go to PyTorch's CPU allocator unchanged.
 // At most FASTGAN_CPU_POOL_MB (default 2048) MiB sit idle in the pool; 0 disables the
-// pool. fastgan_C::cpu_pool_clear() frees every idle block (fastgan.empty_cpu_cache()).
+// caching (new large blocks still get the transparent-huge-page advice). fastgan_C::cpu_pool_clear() frees every idle block (fastgan.empty_cpu_cache()).
 #pragma once
 
 #include <ATen/core/Tensor.h>
