@@ -391,9 +391,10 @@ bool use_library_backward(const Geom& g) {
 // the wide mid-sized layers (DCGAN 512->256 4->8: 41 vs 60 ms, 256->128 8->16: 42 vs
 // 73 ms, 128->64 16->32: 44 vs 63 ms; StyleGAN 512->512 16->32: 81 vs 95 ms, batch 64,
 // epilogue included), while ours wins for the 1x1 projection (plain GEMM) and for few
-// output channels (64->3: 12 vs 24 ms). So those layers run oneDNN's forward and
-// apply the activation, gain and clamp in place on its output: one extra pass over y,
-// which the eager layer pays too. FASTGAN_CT_FWD=gemm|dnn overrides.
+// output channels (64->3: 12 vs 24 ms). So those layers run oneDNN's forward (on
+// channels-last copies, see the bridge below) and apply bias, activation, gain and clamp
+// while transposing its output back to NCHW: one pass over y, which the eager layer's
+// activation pays too. FASTGAN_CT_FWD=gemm|dnn overrides.
 bool use_library_forward(const Geom& g) {
   static const int forced = [] {
     const char* e = std::getenv("FASTGAN_CT_FWD");
