@@ -96,6 +96,28 @@ inline float fast_epilogue<float, kSigmoid>(float v, float slope, float gain, fl
   return z;
 }
 
+// f(std::integral_constant<int, ACT>{}) for the runtime activation code: the one switch
+// for every loop that is compiled per activation.
+template <typename F>
+inline void with_act(int64_t act, F&& f) {
+  switch (act) {
+    case kRelu: f(std::integral_constant<int, kRelu>{}); break;
+    case kLrelu: f(std::integral_constant<int, kLrelu>{}); break;
+    case kTanh: f(std::integral_constant<int, kTanh>{}); break;
+    case kSigmoid: f(std::integral_constant<int, kSigmoid>{}); break;
+    default: f(std::integral_constant<int, kLinear>{}); break;
+  }
+}
+
+// A tuning override FASTGAN_CT_*=a|b, read once per process by the caller's static:
+// 0 for `a`, 1 for `b`, -1 when unset (or anything else).
+int forced_choice(const char* env, const char* a, const char* b) {
+  const char* e = std::getenv(env);
+  if (e && std::string(e) == a) return 0;
+  if (e && std::string(e) == b) return 1;
+  return -1;
+}
+
 struct Geom {
   int64_t N, Cin, Cout, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw;
   bool plain;  // 1x1 input, no padding: the product is the output
@@ -321,10 +343,8 @@ void gather_epilogue(const Geom& g, const PhaseTables& pt, const T* cols, int64_
 template <typename T, int ACT>
 void gather(const Geom& g, const PhaseTables& pt, const T* cols, int64_t ts, int64_t ss, const T* bias, T* y,
             int64_t n0, int64_t nb, int64_t co0, int64_t cb, T slope, T gain, T clamp) {
-  static const int mode = [] {
-    const char* e = std::getenv("FASTGAN_CT_GATHER");  // "rows" forces the row-by-row gather (tests, tuning)
-    return (e && std::string(e) == "rows") ? 1 : 0;
-  }();
+  // FASTGAN_CT_GATHER=rows forces the row-by-row gather (tests, tuning)
+  static const int mode = forced_choice("FASTGAN_CT_GATHER", "planes", "rows") == 1 ? 1 : 0;
   if (pt.planes && mode == 0) gather_epilogue_planes<T, ACT>(g, pt, cols, ts, ss, bias, y, n0, nb, co0, cb, slope, gain, clamp);
   else gather_epilogue<T, ACT>(g, pt, cols, ts, ss, bias, y, n0, nb, co0, cb, slope, gain, clamp);
 }
@@ -347,13 +367,9 @@ template <typename T>
 void dispatch_gather(int64_t act, const Geom& g, const PhaseTables& pt, const T* cp, int64_t ts, int64_t ss,
                      const T* bias, T* yp, int64_t n0, int64_t nb, int64_t co0, int64_t cb, T slope, T gain,
                      T clamp) {
-  switch (act) {
-    case kRelu: gather<T, kRelu>(g, pt, cp, ts, ss, bias, yp, n0, nb, co0, cb, slope, gain, clamp); break;
-    case kLrelu: gather<T, kLrelu>(g, pt, cp, ts, ss, bias, yp, n0, nb, co0, cb, slope, gain, clamp); break;
-    case kTanh: gather<T, kTanh>(g, pt, cp, ts, ss, bias, yp, n0, nb, co0, cb, slope, gain, clamp); break;
-    case kSigmoid: gather<T, kSigmoid>(g, pt, cp, ts, ss, bias, yp, n0, nb, co0, cb, slope, gain, clamp); break;
-    default: gather<T, kLinear>(g, pt, cp, ts, ss, bias, yp, n0, nb, co0, cb, slope, gain, clamp); break;
-  }
+  with_act(act, [&](auto a) {
+    gather<T, decltype(a)::value>(g, pt, cp, ts, ss, bias, yp, n0, nb, co0, cb, slope, gain, clamp);
+  });
 }
 
 // Chunk over output channels instead of samples when the whole batch's pixels are
@@ -375,12 +391,7 @@ int64_t chunk_channels(const Geom& g, int64_t elem) {
 // while the GEMM path wins for small images (4x4), few output channels (RGB) and wide
 // layers (512x512). FASTGAN_CT_BWD=gemm|dnn overrides.
 bool use_library_backward(const Geom& g) {
-  static const int forced = [] {
-    const char* e = std::getenv("FASTGAN_CT_BWD");
-    if (e && std::string(e) == "gemm") return 0;
-    if (e && std::string(e) == "dnn") return 1;
-    return -1;
-  }();
+  static const int forced = forced_choice("FASTGAN_CT_BWD", "gemm", "dnn");
   if (g.plain) return false;
   if (forced >= 0) return forced == 1;
   return g.Cin * g.Cout <= 256 * 128 && g.HW() >= 64 && g.Cout >= 16;
@@ -396,12 +407,7 @@ bool use_library_backward(const Geom& g) {
 // while transposing its output back to NCHW: one pass over y, which the eager layer's
 // activation pays too. FASTGAN_CT_FWD=gemm|dnn overrides.
 bool use_library_forward(const Geom& g) {
-  static const int forced = [] {
-    const char* e = std::getenv("FASTGAN_CT_FWD");
-    if (e && std::string(e) == "gemm") return 0;
-    if (e && std::string(e) == "dnn") return 1;
-    return -1;
-  }();
+  static const int forced = forced_choice("FASTGAN_CT_FWD", "gemm", "dnn");
   if (g.plain) return false;
   if (forced >= 0) return forced == 1;
   return g.Cout >= 16 && g.Cin >= 16 && g.N * g.HW() >= 256;
@@ -518,13 +524,9 @@ void library_epilogue(const at::Tensor& yl, at::Tensor& y, const c10::optional<a
                       double slope_, double gain_, double clamp_) {
   const T slope = T(slope_), gain = T(gain_), clamp = T(clamp_);
   const T* bias = b.has_value() ? b->const_data_ptr<T>() : nullptr;
-  switch (act) {
-    case kRelu: from_channels_last_into<T, kRelu>(yl, y, bias, slope, gain, clamp); break;
-    case kLrelu: from_channels_last_into<T, kLrelu>(yl, y, bias, slope, gain, clamp); break;
-    case kTanh: from_channels_last_into<T, kTanh>(yl, y, bias, slope, gain, clamp); break;
-    case kSigmoid: from_channels_last_into<T, kSigmoid>(yl, y, bias, slope, gain, clamp); break;
-    default: from_channels_last_into<T, kLinear>(yl, y, bias, slope, gain, clamp); break;
-  }
+  with_act(act, [&](auto a) {
+    from_channels_last_into<T, decltype(a)::value>(yl, y, bias, slope, gain, clamp);
+  });
 }
 
 template <typename T>
@@ -537,13 +539,7 @@ void forward_impl(const Geom& g, const at::Tensor& x, const at::Tensor& w, const
     at::Tensor ym = y.view({g.N, g.Cokk()});
     at::mm_out(ym, x.view({g.N, g.Cin}), w.view({g.Cin, g.Cokk()}));
     T* yp = y.data_ptr<T>();
-    switch (act) {
-      case kRelu: epilogue_inplace<T, kRelu>(g, yp, bias, slope, gain, clamp); break;
-      case kLrelu: epilogue_inplace<T, kLrelu>(g, yp, bias, slope, gain, clamp); break;
-      case kTanh: epilogue_inplace<T, kTanh>(g, yp, bias, slope, gain, clamp); break;
-      case kSigmoid: epilogue_inplace<T, kSigmoid>(g, yp, bias, slope, gain, clamp); break;
-      default: epilogue_inplace<T, kLinear>(g, yp, bias, slope, gain, clamp); break;
-    }
+    with_act(act, [&](auto a) { epilogue_inplace<T, decltype(a)::value>(g, yp, bias, slope, gain, clamp); });
     return;
   }
   const PhaseTables pt(g);
@@ -552,10 +548,7 @@ void forward_impl(const Geom& g, const at::Tensor& x, const at::Tensor& w, const
   // cols block stays in that core's cache and there is one parallel region per call)
   // when there are enough chunks to share; otherwise chunk by chunk with the GEMM and
   // the gather each parallel inside. FASTGAN_CT_PAR=inner forces the latter.
-  static const bool force_inner = [] {
-    const char* e = std::getenv("FASTGAN_CT_PAR");
-    return e && std::string(e) == "inner";
-  }();
+  static const bool force_inner = forced_choice("FASTGAN_CT_PAR", "chunks", "inner") == 1;
   const int64_t threads = at::get_num_threads();
   if (channel_chunks(g)) {
     at::Tensor X = channel_major(x);                                 // [Cin, N*HW]
@@ -775,10 +768,7 @@ void backward_impl(const Geom& g, const at::Tensor& gy, const at::Tensor& x, con
   }
   // As in the forward: chunks in parallel (one thread each, per-thread accumulators
   // summed at the end) when there are enough of them, else chunk by chunk.
-  static const bool force_inner = [] {
-    const char* e = std::getenv("FASTGAN_CT_PAR");
-    return e && std::string(e) == "inner";
-  }();
+  static const bool force_inner = forced_choice("FASTGAN_CT_PAR", "chunks", "inner") == 1;
   const int64_t threads = at::get_num_threads();
   at::Tensor Wm = w.reshape({g.Cin, g.Cokk()});
   if (channel_chunks(g)) {

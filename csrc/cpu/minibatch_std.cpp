@@ -283,32 +283,21 @@ inline void fused_backward_tile(const scalar_t* __restrict__ x, const scalar_t* 
 }
 
 template <typename scalar_t, typename acc_t>
-using FusedForwardFn = acc_t (*)(const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, acc_t, acc_t);
-template <typename scalar_t, typename acc_t>
-using FusedBackwardFn = void (*)(const scalar_t*, const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, acc_t,
-                                 acc_t, acc_t);
+struct FusedTiles {
+  acc_t (*forward)(const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, acc_t, acc_t) = nullptr;
+  void (*backward)(const scalar_t*, const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, acc_t, acc_t,
+                   acc_t) = nullptr;
+};
 
-// The fused tile functions for this G, or nullptr where the tile passes are used: other
+// The fused tile functions for this G, or nullptrs where the tile passes are used: other
 // group sizes, and half/bfloat16 (their conversions do not vectorise in this form).
 template <typename scalar_t, typename acc_t, int kG = 1>
-FusedForwardFn<scalar_t, acc_t> fused_forward_for(int64_t G) {
-  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
-    return nullptr;
-  } else if constexpr (kG > kMaxFusedG) {
-    return nullptr;
+FusedTiles<scalar_t, acc_t> fused_tiles_for(int64_t G) {
+  if constexpr (!std::is_same_v<scalar_t, acc_t> || kG > kMaxFusedG) {
+    return {};
   } else {
-    return G == kG ? &fused_forward_tile<kG, scalar_t, acc_t> : fused_forward_for<scalar_t, acc_t, kG + 1>(G);
-  }
-}
-
-template <typename scalar_t, typename acc_t, int kG = 1>
-FusedBackwardFn<scalar_t, acc_t> fused_backward_for(int64_t G) {
-  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
-    return nullptr;
-  } else if constexpr (kG > kMaxFusedG) {
-    return nullptr;
-  } else {
-    return G == kG ? &fused_backward_tile<kG, scalar_t, acc_t> : fused_backward_for<scalar_t, acc_t, kG + 1>(G);
+    if (G != kG) return fused_tiles_for<scalar_t, acc_t, kG + 1>(G);
+    return {&fused_forward_tile<kG, scalar_t, acc_t>, &fused_backward_tile<kG, scalar_t, acc_t>};
   }
 }
 
@@ -323,7 +312,7 @@ void forward_kernel(const at::Tensor& x, at::Tensor& y, const Geometry& geo, dou
   const int64_t gs = geo.M * geo.C * geo.HW, gys = geo.M * (geo.C + geo.F) * geo.HW;
   std::vector<double> partial(static_cast<size_t>(items), 0.0);
   const bool stream = y.nbytes() >= stream_min_bytes();
-  const FusedForwardFn<scalar_t, acc_t> fused = fused_forward_for<scalar_t, acc_t>(geo.G);
+  const auto fused = fused_tiles_for<scalar_t, acc_t>(geo.G).forward;
 
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     alignas(64) acc_t mean[kTile];
@@ -413,7 +402,7 @@ void backward_kernel(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, 
 
   const int64_t items = MF * geo.nchunks;
   const bool stream = dx.nbytes() >= stream_min_bytes();
-  const FusedBackwardFn<scalar_t, acc_t> fused = fused_backward_for<scalar_t, acc_t>(geo.G);
+  const auto fused = fused_tiles_for<scalar_t, acc_t>(geo.G).backward;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     alignas(64) acc_t mean[kTile];
     alignas(64) acc_t var[kTile];
