@@ -37,3 +37,26 @@ def cpu_cache_stats():
         return None
     idle, limit, hits, misses = _pool_ops().cpu_pool_stats()
     return {"idle_bytes": idle, "limit_bytes": limit, "hits": hits, "misses": misses}
+
+
+def conv_transpose_choices():
+    """The CPU transposed convolution's recorded path choices, one line per layer and
+    direction: "fwd|bwd <dtype> <geometry>: <chosen> (gemm t ms, dnn t ms, nchw t ms)";
+    [] without the extension.
+
+    For every layer of at least FASTGAN_CT_TUNE_MIN_MFLOP (default 50) MFLOP, the first
+    call times our GEMM path and the library's (oneDNN) convolution on NHWC and on NCHW
+    tensors and keeps the fastest, as torch.backends.cudnn.benchmark does on the GPU;
+    FASTGAN_CT_TUNE=0 uses fixed rules instead (bitwise-reproducible choices)."""
+    ops_ = _pool_ops()
+    if ops_ is None or not hasattr(ops_, "conv_transpose_tuning_report"):
+        return []
+    return [line for line in ops_.conv_transpose_tuning_report().splitlines() if line]
+
+
+def reset_conv_transpose_choices(min_mflop=None):
+    """Forget the recorded choices (see conv_transpose_choices); with min_mflop, time every
+    layer of at least that many MFLOP from now on (None: FASTGAN_CT_TUNE_MIN_MFLOP or 50)."""
+    ops_ = _pool_ops()
+    if ops_ is not None and hasattr(ops_, "conv_transpose_tuning_reset"):
+        ops_.conv_transpose_tuning_reset(-1.0 if min_mflop is None else float(min_mflop))

@@ -506,24 +506,8 @@ def test_cpu_kernel_chunking_paths(monkeypatch, chunk_kb):
             torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("act, gain, clamp", [("linear", 1.0, None), ("relu", 1.0, None),
-                                              ("lrelu", 2 ** 0.5, 0.7), ("tanh", 1.5, None),
-                                              ("sigmoid", 1.0, 0.4), ("linear", 0.5, 1.0)])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-def test_cpu_library_forward_path(act, gain, clamp, dtype):
-    """Wide mid-sized layers (C_in, C_out >= 16, N*H*W >= 256) run oneDNN's transposed
-    convolution on channels-last copies and apply the epilogue while transposing back
-    (use_library_forward; float32 takes the 8x8 AVX2 transposes, with channel and pixel
-    counts that are not multiples of 8); odd sizes, a non-square kernel and
-    output_padding, against the reference."""
-    if backends.why_not(OP, "cpu") is not None:
-        pytest.skip("cpu backend unavailable")
-    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
-    x = torch.randn(3, 16, 9, 11, dtype=dtype, requires_grad=True)
-    w = (torch.randn(16, 17, 4, 3, dtype=dtype) / 8).requires_grad_()
-    b = torch.randn(17, dtype=dtype, requires_grad=True)
-    kw = dict(stride=(2, 3), padding=(1, 1), output_padding=(1, 2), activation=act, negative_slope=0.2,
-              gain=gain, clamp=clamp)
+def _cpu_fwd_bwd_against_reference(x, w, b, tol, **kw):
+    """fastgan's CPU backend vs the reference: output and the gradients of x, w, b."""
     with backends.use("cpu"):
         y = FG.conv_transpose2d(x, w, b, **kw)
     ye = ref.conv_transpose2d(x, w, b, **kw)
@@ -533,6 +517,98 @@ def test_cpu_library_forward_path(act, gain, clamp, dtype):
         got = _grads(y, [x, w, b], g)
     for a, e in zip(got, _grads(ye, [x, w, b], g)):
         torch.testing.assert_close(a, e, **tol)
+    return y.detach(), [t.detach() for t in got]
+
+
+@pytest.mark.parametrize("act, gain, clamp", [("linear", 1.0, None), ("relu", 1.0, None),
+                                              ("lrelu", 2 ** 0.5, 0.7), ("tanh", 1.5, None),
+                                              ("sigmoid", 1.0, 0.4), ("linear", 0.5, 1.0)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_cpu_library_forward_path(monkeypatch, act, gain, clamp, dtype):
+    """Wide mid-sized layers (C_in, C_out >= 16, N*H*W >= 256) run oneDNN's transposed
+    convolution on channels-last copies and apply the epilogue while transposing back
+    (use_library_forward; float32 takes the 8x8 AVX2 transposes, with channel and pixel
+    counts that are not multiples of 8); odd sizes, a non-square kernel and
+    output_padding, against the reference."""
+    if backends.why_not(OP, "cpu") is not None:
+        pytest.skip("cpu backend unavailable")
+    monkeypatch.delenv("FASTGAN_CT_FWD", raising=False)  # the size rule, not a forced path
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    x = torch.randn(3, 16, 9, 11, dtype=dtype, requires_grad=True)
+    w = (torch.randn(16, 17, 4, 3, dtype=dtype) / 8).requires_grad_()
+    b = torch.randn(17, dtype=dtype, requires_grad=True)
+    _cpu_fwd_bwd_against_reference(x, w, b, tol, stride=(2, 3), padding=(1, 1), output_padding=(1, 2),
+                                   activation=act, negative_slope=0.2, gain=gain, clamp=clamp)
+
+
+@pytest.mark.parametrize("path", ["gemm", "dnn", "nchw"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_cpu_every_product_path(monkeypatch, path, dtype):
+    """Each of the three ways the CPU kernel computes a direction's products (our GEMM
+    + gather, oneDNN on channels-last copies, oneDNN on NCHW), forced for forward and
+    backward, on odd sizes with a non-square kernel, output_padding and an epilogue with
+    gain and clamp, against the reference; also with only some gradients needed."""
+    if backends.why_not(OP, "cpu") is not None:
+        pytest.skip("cpu backend unavailable")
+    monkeypatch.setenv("FASTGAN_CT_FWD", path)
+    monkeypatch.setenv("FASTGAN_CT_BWD", path)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    kw = dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), activation="lrelu", negative_slope=0.2,
+              gain=1.5, clamp=0.8)
+    for N, cin, cout, H, W in [(3, 5, 7, 6, 5), (2, 17, 3, 9, 4)]:
+        x = torch.randn(N, cin, H, W, dtype=dtype, requires_grad=True)
+        w = (torch.randn(cin, cout, 4, 3, dtype=dtype) / 4).requires_grad_()
+        b = torch.randn(cout, dtype=dtype, requires_grad=True)
+        _cpu_fwd_bwd_against_reference(x, w, b, tol, **kw)
+        for need in ([x], [w], [x, b]):  # partial output masks
+            with backends.use("cpu"):
+                y = FG.conv_transpose2d(x, w, b, **kw)
+            ye = ref.conv_transpose2d(x, w, b, **kw)
+            g = torch.randn_like(ye)
+            with backends.use("cpu"):
+                got = _grads(y, need, g)
+            for a, e in zip(got, _grads(ye, need, g)):
+                torch.testing.assert_close(a, e, **tol)
+
+
+def test_cpu_path_choice_is_timed_once_and_kept(monkeypatch):
+    """With the size threshold at 0 every layer's first call times the three paths per
+    direction and records the fastest (fastgan.conv_transpose_choices); the result is
+    right, and later calls reuse the choice, so they give bitwise the same result."""
+    import fastgan
+    if backends.why_not(OP, "cpu") is not None:
+        pytest.skip("cpu backend unavailable")
+    monkeypatch.delenv("FASTGAN_CT_FWD", raising=False)
+    monkeypatch.delenv("FASTGAN_CT_BWD", raising=False)
+    fastgan.reset_conv_transpose_choices(min_mflop=0)
+    try:
+        x = torch.randn(3, 6, 5, 7, requires_grad=True)
+        w = (torch.randn(6, 5, 4, 4) / 4).requires_grad_()
+        b = torch.randn(5, requires_grad=True)
+        tol = dict(rtol=1e-4, atol=1e-4)
+        torch.manual_seed(1)
+        first = _cpu_fwd_bwd_against_reference(x, w, b, tol, stride=2, padding=1, activation="tanh")
+        lines = fastgan.conv_transpose_choices()
+        geometry = "N=3 Cin=6 Cout=5 in=5x7 out=10x14 k=4x4 s=2x2 p=1x1"
+        for direction in ("fwd", "bwd"):
+            mine = [line for line in lines if line.startswith(direction) and geometry in line]
+            assert len(mine) == 1, lines
+            chosen, timings = re.match(r".*: (\w+) \((.*)\)$", mine[0]).groups()
+            times = dict(t.rsplit(" ", 2)[:2] for t in timings.split(", "))
+            assert set(times) == {"gemm", "dnn", "nchw"} and chosen in times, mine[0]
+            assert float(times[chosen]) == min(float(v) for v in times.values()), mine[0]
+        torch.manual_seed(1)
+        again = _cpu_fwd_bwd_against_reference(x, w, b, tol, stride=2, padding=1, activation="tanh")
+        assert fastgan.conv_transpose_choices() == lines  # nothing timed again
+        assert torch.equal(first[0], again[0])
+        assert all(torch.equal(a, e) for a, e in zip(first[1], again[1]))
+        fastgan.reset_conv_transpose_choices()
+        assert fastgan.conv_transpose_choices() == []
+        # below the default threshold (50 MFLOP) the fixed rules decide: nothing is timed
+        _cpu_fwd_bwd_against_reference(x, w, b, tol, stride=2, padding=1, activation="tanh")
+        assert fastgan.conv_transpose_choices() == []
+    finally:
+        fastgan.reset_conv_transpose_choices()
 
 
 def test_in_place_ops_on_linear_output_are_legal_like_nn():

@@ -21,10 +21,13 @@
 //     grad_x[ci, (n,ih,iw)]  = W[ci, (co,a,c)] . G
 //     grad_w[ci, (co,a,c)]  += X[ci, (n,ih,iw)] . G^T
 //     grad_b[co]             = sum grad_pre[:, co]
-// (grad_pre and grad_b in one fused pass; for mid-sized layers grad_x and grad_w come from
-// the library's convolution backward instead, which measured faster there, see
-// use_library_backward). Tunables for experiments: FASTGAN_CT_CHUNK_KB, FASTGAN_CT_BWD,
-// FASTGAN_CT_PAR, FASTGAN_CT_GATHER.
+// (grad_pre and grad_b in one fused pass.) Each direction's products can also run on
+// the library's (oneDNN) convolutions, NHWC or NCHW, with our epilogue or grad_pre pass
+// around them; which path is fastest depends on the machine as much as on the layer, so
+// large layers time the three on their first call and keep the fastest (choose_path,
+// csrc/include/path_tuner.h). Tunables for experiments: FASTGAN_CT_FWD, FASTGAN_CT_BWD,
+// FASTGAN_CT_TUNE, FASTGAN_CT_TUNE_MIN_MFLOP, FASTGAN_CT_CHUNK_KB, FASTGAN_CT_PAR,
+// FASTGAN_CT_GATHER.
 // float16 / bfloat16 run in float32 (accumulation and epilogue), rounded once at the end.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -42,6 +45,7 @@
 
 #include "conv_transpose.h"
 #include "output_pool.h"
+#include "path_tuner.h"
 
 // Let GCC if-convert the epilogue's float selects (relu, clamp, ...) into vector
 // min/max/blend: without this, -ftrapping-math keeps them as branches and the loops
@@ -389,11 +393,9 @@ int64_t chunk_channels(const Geom& g, int64_t elem) {
 // convolution backward beats im2col + GEMM for mid-sized layers (channel product up to
 // 256x128, inputs of at least 8x8, at least 16 output channels: DCGAN's 8->16 and 16->32),
 // while the GEMM path wins for small images (4x4), few output channels (RGB) and wide
-// layers (512x512). FASTGAN_CT_BWD=gemm|dnn overrides.
+// layers (512x512). The rule for small layers and FASTGAN_CT_TUNE=0 (see choose_path).
 bool use_library_backward(const Geom& g) {
-  static const int forced = forced_choice("FASTGAN_CT_BWD", "gemm", "dnn");
   if (g.plain) return false;
-  if (forced >= 0) return forced == 1;
   return g.Cin * g.Cout <= 256 * 128 && g.HW() >= 64 && g.Cout >= 16;
 }
 
@@ -405,11 +407,9 @@ bool use_library_backward(const Geom& g) {
 // output channels (64->3: 12 vs 24 ms). So those layers run oneDNN's forward (on
 // channels-last copies, see the bridge below) and apply bias, activation, gain and clamp
 // while transposing its output back to NCHW: one pass over y, which the eager layer's
-// activation pays too. FASTGAN_CT_FWD=gemm|dnn overrides.
+// activation pays too. The rule for small layers and FASTGAN_CT_TUNE=0 (see choose_path).
 bool use_library_forward(const Geom& g) {
-  static const int forced = forced_choice("FASTGAN_CT_FWD", "gemm", "dnn");
   if (g.plain) return false;
-  if (forced >= 0) return forced == 1;
   return g.Cout >= 16 && g.Cin >= 16 && g.N * g.HW() >= 256;
 }
 
@@ -518,17 +518,6 @@ at::Tensor channels_last_to_nchw(const at::Tensor& src) {
   return out;
 }
 
-// y (NCHW) = epi(yl + bias), yl the library forward's NHWC output.
-template <typename T>
-void library_epilogue(const at::Tensor& yl, at::Tensor& y, const c10::optional<at::Tensor>& b, int64_t act,
-                      double slope_, double gain_, double clamp_) {
-  const T slope = T(slope_), gain = T(gain_), clamp = T(clamp_);
-  const T* bias = b.has_value() ? b->const_data_ptr<T>() : nullptr;
-  with_act(act, [&](auto a) {
-    from_channels_last_into<T, decltype(a)::value>(yl, y, bias, slope, gain, clamp);
-  });
-}
-
 template <typename T>
 void forward_impl(const Geom& g, const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
                   at::Tensor& y, int64_t act, double slope_, double gain_, double clamp_) {
@@ -601,6 +590,120 @@ void forward_impl(const Geom& g, const at::Tensor& x, const at::Tensor& w, const
   else body(0, nchunks);
 }
 
+// ---------------------------------------------------------------- path choice
+// Each direction's products run one of three ways: our GEMM path above ("gemm"), the
+// library's (oneDNN) convolution on channels-last copies ("dnn", see the bridge), or the
+// library's convolution on the NCHW tensors as given ("nchw": exactly the eager layer's
+// calls, with our fused epilogue or grad_pre pass around them). Which is fastest depends
+// on the machine as much as on the layer (path_tuner.h), so for every layer large enough
+// to matter the first call times all three and keeps the fastest; small layers, and every
+// layer with FASTGAN_CT_TUNE=0, use the fixed rules use_library_forward/backward.
+// FASTGAN_CT_FWD / FASTGAN_CT_BWD = gemm|dnn|nchw force a path (read at every call, so
+// tests can force each path in turn).
+enum Path { kGemm = 0, kLibNhwc = 1, kLibNchw = 2 };
+const std::vector<std::string>& path_names() {
+  static const std::vector<std::string> names{"gemm", "dnn", "nchw"};
+  return names;
+}
+
+int forced_path(const char* env) {
+  const char* e = std::getenv(env);
+  if (!e) return -1;
+  const auto& names = path_names();
+  for (size_t i = 0; i < names.size(); ++i)
+    if (names[i] == e) return int(i);
+  return -1;
+}
+
+// FASTGAN_CT_TUNE=0 turns timing off; FASTGAN_CT_TUNE_MIN_MFLOP sets the smallest layer
+// (2 N C_in C_out H W kh kw, in MFLOP) that is timed: below the default 50 MFLOP (well
+// under a millisecond here) a wrong choice costs little and the rules decide.
+struct TuneConfig {
+  bool on = true;
+  double min_flop = 50e6;
+  static TuneConfig from_env() {
+    TuneConfig t;
+    if (const char* e = std::getenv("FASTGAN_CT_TUNE")) t.on = std::string(e) != "0";
+    if (const char* e = std::getenv("FASTGAN_CT_TUNE_MIN_MFLOP")) t.min_flop = std::atof(e) * 1e6;
+    return t;
+  }
+};
+TuneConfig& tune_config() {
+  static TuneConfig c = TuneConfig::from_env();
+  return c;
+}
+
+PathTuner& tuner() {
+  static PathTuner t;
+  return t;
+}
+
+std::string tune_key(const char* dir, const Geom& g, at::ScalarType st, int64_t extra) {
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), "%s %s N=%ld Cin=%ld Cout=%ld in=%ldx%ld out=%ldx%ld k=%ldx%ld s=%ldx%ld p=%ldx%ld "
+                "threads=%d x%ld", dir, c10::toString(st), long(g.N), long(g.Cin), long(g.Cout), long(g.H),
+                long(g.W), long(g.Ho), long(g.Wo), long(g.kh), long(g.kw), long(g.sh), long(g.sw), long(g.ph),
+                long(g.pw), at::get_num_threads(), long(extra));
+  return buf;
+}
+
+// forced > recorded > timed (large enough layers) > the fixed rule. run(path) computes
+// the direction's outputs by that path; the caller runs the returned path for its result.
+template <typename Run>
+int choose_path(int forced, const Geom& g, const std::string& key, int rule, Run&& run) {
+  if (forced >= 0) return forced;
+  const TuneConfig& cfg = tune_config();
+  const double flop = 2.0 * g.N * g.Cin * g.Cout * g.HW() * g.kh * g.kw;
+  if (!cfg.on || flop < cfg.min_flop) return rule;
+  const int known = tuner().find(key);
+  if (known >= 0) return known;
+  return tuner().tune(key, path_names(), std::function<void(int)>(run));
+}
+
+std::vector<int64_t> output_padding_of(const Geom& g) {
+  return {g.Ho - ((g.H - 1) * g.sh - 2 * g.ph + g.kh), g.Wo - ((g.W - 1) * g.sw - 2 * g.pw + g.kw)};
+}
+
+// y = epi(conv_transpose(x, w) + b) by the given path.
+template <typename T>
+at::Tensor forward_path(int path, const Geom& g, const at::Tensor& x, const at::Tensor& w,
+                        const c10::optional<at::Tensor>& b, int64_t act, double slope_, double gain_, double clamp_) {
+  at::Tensor y;
+  if (path == kGemm) {
+    y = pooled_empty({g.N, g.Cout, g.Ho, g.Wo}, x.options());
+    forward_impl<T>(g, x, w, b, y, act, slope_, gain_, clamp_);
+    return y;
+  }
+  const T slope = T(slope_), gain = T(gain_), clamp = T(clamp_);
+  const T* bias = b.has_value() ? b->const_data_ptr<T>() : nullptr;
+  // The library call is an implementation detail of this op: no autocast inside it.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  if (path == kLibNchw) {
+    y = at::conv_transpose2d(x, w, at::Tensor(), {g.sh, g.sw}, {g.ph, g.pw}, output_padding_of(g)).contiguous();
+    T* yp = y.mutable_data_ptr<T>();
+    with_act(act, [&](auto a) { epilogue_inplace<T, decltype(a)::value>(g, yp, bias, slope, gain, clamp); });
+    return y;
+  }
+  // NHWC in, NHWC out of oneDNN; the bias, activation, gain and clamp are applied while
+  // transposing back to NCHW (one pass over y, as the eager activation pays).
+  at::Tensor yl = at::conv_transpose2d(to_channels_last(x), w.contiguous(at::MemoryFormat::ChannelsLast),
+                                       at::Tensor(), {g.sh, g.sw}, {g.ph, g.pw}, output_padding_of(g));
+  yl = yl.contiguous(at::MemoryFormat::ChannelsLast);  // a no-op unless the library chose NCHW
+  y = pooled_empty({g.N, g.Cout, g.Ho, g.Wo}, x.options());
+  with_act(act, [&](auto a) { from_channels_last_into<T, decltype(a)::value>(yl, y, bias, slope, gain, clamp); });
+  return y;
+}
+
+template <typename T>
+at::Tensor forward_chosen(const Geom& g, const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
+                          int64_t act, double slope, double gain, double clamp) {
+  const int forced = forced_path("FASTGAN_CT_FWD");
+  if (g.plain) return forward_path<T>(kGemm, g, x, w, b, act, slope, gain, clamp);
+  auto run = [&](int path) { forward_path<T>(path, g, x, w, b, act, slope, gain, clamp); };
+  const int path = choose_path(forced, g, tune_key("fwd", g, x.scalar_type(), act), use_library_forward(g) ? kLibNhwc : kGemm, run);
+  return forward_path<T>(path, g, x, w, b, act, slope, gain, clamp);
+}
+
 bool low_precision(const at::Tensor& t) {
   return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
 }
@@ -632,26 +735,12 @@ at::Tensor conv_transpose_forward_cpu(const at::Tensor& x_, const at::Tensor& w_
                 b_->sizes());
     b = b_->detach().to(ct).contiguous();
   }
-  if (g.N > 0 && use_library_forward(g)) {
-    // The library call is an implementation detail of this op: no autocast inside it.
-    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    // NHWC in, NHWC out of oneDNN; the bias, activation, gain and clamp are applied while
-    // transposing back to NCHW (one pass over y, as the eager activation pays).
-    at::Tensor yl = at::conv_transpose2d(to_channels_last(x), w.contiguous(at::MemoryFormat::ChannelsLast),
-                                         at::Tensor(), {g.sh, g.sw}, {g.ph, g.pw},
-                                         {g.Ho - ((g.H - 1) * g.sh - 2 * g.ph + g.kh),
-                                          g.Wo - ((g.W - 1) * g.sw - 2 * g.pw + g.kw)});
-    yl = yl.contiguous(at::MemoryFormat::ChannelsLast);  // a no-op unless the library chose NCHW
-    at::Tensor y = pooled_empty({g.N, g.Cout, g.Ho, g.Wo}, x.options());
-    if (ct == at::kDouble) library_epilogue<double>(yl, y, b, act, negative_slope, gain, clamp);
-    else library_epilogue<float>(yl, y, b, act, negative_slope, gain, clamp);
+  if (g.N == 0) {
+    at::Tensor y = at::empty({g.N, g.Cout, g.Ho, g.Wo}, x.options());
     return lp ? y.to(x_.scalar_type()) : y;
   }
-  at::Tensor y = pooled_empty({g.N, g.Cout, g.Ho, g.Wo}, x.options());
-  if (g.N > 0) {
-    if (ct == at::kDouble) forward_impl<double>(g, x, w, b, y, act, negative_slope, gain, clamp);
-    else forward_impl<float>(g, x, w, b, y, act, negative_slope, gain, clamp);
-  }
+  at::Tensor y = ct == at::kDouble ? forward_chosen<double>(g, x, w, b, act, negative_slope, gain, clamp)
+                                   : forward_chosen<float>(g, x, w, b, act, negative_slope, gain, clamp);
   return lp ? y.to(x_.scalar_type()) : y;
 }
 
@@ -728,44 +817,12 @@ void im2col_grad(const Geom& g, const T* gp, T* G, int64_t ts, int64_t ss, int64
   });
 }
 
+// grad_x and grad_w from grad_pre by our GEMM path: im2col of grad_pre, then products
+// with W and X (see the top of this file). Writes into gx and gw.
 template <typename T>
-void backward_impl(const Geom& g, const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& t,
-                   int64_t mode, int64_t act, double slope, double gain, double clamp, bool need_x, bool need_w,
-                   bool need_b, at::Tensor& gx, at::Tensor& gw, at::Tensor& gb) {
-  at::Tensor gp = pooled_empty(gy.sizes(), gy.options());
-  grad_pre_impl<T>(g, gy.data_ptr<T>(), t.data_ptr<T>(), mode, gp.data_ptr<T>(), need_b ? gb.data_ptr<T>() : nullptr,
-                   int(act), T(slope), T(gain), T(clamp));
-  if (!need_x && !need_w) return;
-  if (g.plain) {
-    // y = X[N, Cin] . W[Cin, Cokk]: grad_x = gp . W^T, grad_w = X^T . gp
-    at::Tensor gpm = gp.view({g.N, g.Cokk()});
-    at::Tensor Wm = w.view({g.Cin, g.Cokk()});
-    if (need_x) { at::Tensor o = gx.view({g.N, g.Cin}); at::mm_out(o, gpm, Wm.t()); }
-    if (need_w) { at::Tensor o = gw.view({g.Cin, g.Cokk()}); at::mm_out(o, x.view({g.N, g.Cin}).t(), gpm); }
-    return;
-  }
+void backward_gemm(const Geom& g, const at::Tensor& gp, const at::Tensor& x, const at::Tensor& w, bool need_x,
+                   bool need_w, at::Tensor& gx, at::Tensor& gw) {
   const int64_t HW = g.HW();
-  if (use_library_backward(g)) {
-    // grad_x (a strided convolution of grad_pre) and grad_w by the library's (oneDNN)
-    // convolution backward, from the grad_pre computed above.
-    // grad_x is the strided convolution conv2d(grad_pre, w) (w read as [C_in, C_out, kh, kw]
-    // = [out, in, kh, kw]), run NHWC (see the channels-last bridge); grad_w by the
-    // library's weight gradient on the NCHW tensors, which measured faster than NHWC.
-    c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-    if (need_x) {
-      at::Tensor gxl = at::conv2d(to_channels_last(gp), w.contiguous(at::MemoryFormat::ChannelsLast), {},
-                                  {g.sh, g.sw}, {g.ph, g.pw});
-      gx = channels_last_to_nchw(gxl);  // rebinds the caller's tensor
-    }
-    if (need_w) {
-      auto r = at::convolution_backward(gp, x, w, c10::nullopt, {g.sh, g.sw}, {g.ph, g.pw}, {1, 1}, true,
-                                        {g.Ho - ((g.H - 1) * g.sh - 2 * g.ph + g.kh),
-                                         g.Wo - ((g.W - 1) * g.sw - 2 * g.pw + g.kw)},
-                                        1, {false, true, false});
-      gw = std::get<1>(r);
-    }
-    return;
-  }
   // As in the forward: chunks in parallel (one thread each, per-thread accumulators
   // summed at the end) when there are enough of them, else chunk by chunk.
   static const bool force_inner = forced_choice("FASTGAN_CT_PAR", "chunks", "inner") == 1;
@@ -843,6 +900,65 @@ void backward_impl(const Geom& g, const at::Tensor& gy, const at::Tensor& x, con
   if (need_w) gw.view({g.Cin, g.Cokk()}).copy_(par ? gwacc.sum(0) : gwacc[0]);
 }
 
+// grad_x and grad_w from grad_pre by the given path (fresh outputs each time, so the
+// tuner can run the paths one after another).
+template <typename T>
+void backward_path(int path, const Geom& g, const at::Tensor& gp, const at::Tensor& x, const at::Tensor& w,
+                   bool need_x, bool need_w, at::Tensor& gx, at::Tensor& gw) {
+  if (path == kGemm) {
+    if (need_x) gx = pooled_empty(x.sizes(), x.options());
+    if (need_w) gw = at::empty_like(w);
+    backward_gemm<T>(g, gp, x, w, need_x, need_w, gx, gw);
+    return;
+  }
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  if (path == kLibNchw) {
+    // The eager layer's own call: both gradients from one convolution backward.
+    auto r = at::convolution_backward(gp, x, w, c10::nullopt, {g.sh, g.sw}, {g.ph, g.pw}, {1, 1}, true,
+                                      output_padding_of(g), 1, {need_x, need_w, false});
+    if (need_x) gx = std::get<0>(r).contiguous();
+    if (need_w) gw = std::get<1>(r).contiguous();
+    return;
+  }
+  // grad_x is the strided convolution conv2d(grad_pre, w) (w read as [C_in, C_out, kh, kw]
+  // = [out, in, kh, kw]), run NHWC (see the channels-last bridge); grad_w by the
+  // library's weight gradient on the NCHW tensors, which measured faster than NHWC.
+  if (need_x) {
+    at::Tensor gxl = at::conv2d(to_channels_last(gp), w.contiguous(at::MemoryFormat::ChannelsLast), {},
+                                {g.sh, g.sw}, {g.ph, g.pw});
+    gx = channels_last_to_nchw(gxl);
+  }
+  if (need_w) {
+    auto r = at::convolution_backward(gp, x, w, c10::nullopt, {g.sh, g.sw}, {g.ph, g.pw}, {1, 1}, true,
+                                      output_padding_of(g), 1, {false, true, false});
+    gw = std::get<1>(r).contiguous();
+  }
+}
+
+// grad_pre and grad_b in one fused pass, then grad_x and grad_w by the chosen path
+// (rebinding the caller's gx and gw).
+template <typename T>
+void backward_impl(const Geom& g, const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w, const at::Tensor& t,
+                   int64_t mode, int64_t act, double slope, double gain, double clamp, bool need_x, bool need_w,
+                   bool need_b, at::Tensor& gx, at::Tensor& gw, at::Tensor& gb) {
+  at::Tensor gp = pooled_empty(gy.sizes(), gy.options());
+  grad_pre_impl<T>(g, gy.data_ptr<T>(), t.data_ptr<T>(), mode, gp.data_ptr<T>(), need_b ? gb.data_ptr<T>() : nullptr,
+                   int(act), T(slope), T(gain), T(clamp));
+  if (!need_x && !need_w) return;
+  if (g.plain) {
+    // y = X[N, Cin] . W[Cin, Cokk]: grad_x = gp . W^T, grad_w = X^T . gp
+    at::Tensor gpm = gp.view({g.N, g.Cokk()});
+    at::Tensor Wm = w.view({g.Cin, g.Cokk()});
+    if (need_x) { at::Tensor o = gx.view({g.N, g.Cin}); at::mm_out(o, gpm, Wm.t()); }
+    if (need_w) { at::Tensor o = gw.view({g.Cin, g.Cokk()}); at::mm_out(o, x.view({g.N, g.Cin}).t(), gpm); }
+    return;
+  }
+  const int forced = forced_path("FASTGAN_CT_BWD");
+  auto run = [&](int path) { backward_path<T>(path, g, gp, x, w, need_x, need_w, gx, gw); };
+  const std::string key = tune_key("bwd", g, x.scalar_type(), int64_t(need_x) + 2 * int64_t(need_w));
+  run(choose_path(forced, g, key, use_library_backward(g) ? kLibNhwc : kGemm, run));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_cpu(
     const at::Tensor& gy_, const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& saved_, int64_t mode,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t act,
@@ -879,6 +995,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_cpu(
   return {gx, gw, gb};
 }
 
+std::string conv_transpose_tuning_report() { return tuner().report(); }
+
+void conv_transpose_tuning_reset(double min_mflop) {
+  tuner().clear();
+  tune_config() = TuneConfig::from_env();
+  if (min_mflop >= 0) tune_config().min_flop = min_mflop * 1e6;
+}
+
 }  // namespace
 }  // namespace conv_transpose
 }  // namespace fastgan
@@ -893,6 +1017,10 @@ TORCH_LIBRARY_FRAGMENT(fastgan_C, m) {
       "conv_transpose_backward(Tensor grad_y, Tensor x, Tensor w, Tensor saved, int mode, int[] stride, "
       "int[] padding, int[] output_padding, int act, float negative_slope, float gain, float clamp, "
       "bool has_bias, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // The per-layer path choices (see choose_path): a report, and a reset that forgets them
+  // and sets the smallest layer, in MFLOP, that gets timed (min_mflop < 0: the default).
+  m.def("conv_transpose_tuning_report() -> str", &fastgan::conv_transpose::conv_transpose_tuning_report);
+  m.def("conv_transpose_tuning_reset(float min_mflop) -> ()", &fastgan::conv_transpose::conv_transpose_tuning_reset);
 }
 
 TORCH_LIBRARY_IMPL(fastgan_C, CPU, m) {
