@@ -41,12 +41,13 @@ def cpu_cache_stats():
 
 def conv_transpose_choices():
     """The CPU transposed convolution's recorded path choices, one line per layer and
-    direction: "fwd|bwd <dtype> <geometry>: <chosen> (gemm t ms, dnn t ms, nchw t ms)";
-    [] without the extension.
+    direction: "fwd|bwd <dtype> <geometry>: <chosen> (gemm t ms, dnn t ms, nchw t ms[,
+    direct t ms])"; [] without the extension.
 
     For every layer of at least FASTGAN_CT_TUNE_MIN_MFLOP (default 50) MFLOP, the first
-    call times our GEMM path and the library's (oneDNN) convolution on NHWC and on NCHW
-    tensors and keeps the fastest, as torch.backends.cudnn.benchmark does on the GPU;
+    call times our GEMM path, the library's (oneDNN) convolution on NHWC and on NCHW
+    tensors and, for a forward with at most 8 output channels, our direct kernel, and
+    keeps the fastest, as torch.backends.cudnn.benchmark does on the GPU;
     FASTGAN_CT_TUNE=0 uses fixed rules instead (bitwise-reproducible choices)."""
     ops_ = _pool_ops()
     if ops_ is None or not hasattr(ops_, "conv_transpose_tuning_report"):

@@ -541,13 +541,15 @@ def test_cpu_library_forward_path(monkeypatch, act, gain, clamp, dtype):
                                    activation=act, negative_slope=0.2, gain=gain, clamp=clamp)
 
 
-@pytest.mark.parametrize("path", ["gemm", "dnn", "nchw"])
+@pytest.mark.parametrize("path", ["gemm", "dnn", "nchw", "direct"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_cpu_every_product_path(monkeypatch, path, dtype):
-    """Each of the three ways the CPU kernel computes a direction's products (our GEMM
-    + gather, oneDNN on channels-last copies, oneDNN on NCHW), forced for forward and
-    backward, on odd sizes with a non-square kernel, output_padding and an epilogue with
-    gain and clamp, against the reference; also with only some gradients needed."""
+    """Each way the CPU kernel computes a direction's products (our GEMM + gather, oneDNN
+    on channels-last copies, oneDNN on NCHW; for the forward with at most 8 output
+    channels also the direct kernel), forced, on odd sizes with a non-square kernel,
+    output_padding and an epilogue with gain and clamp, against the reference; also with
+    only some gradients needed. (A path that does not apply, like "direct" for 9 output
+    channels or for the backward, falls back to the usual choice.)"""
     if backends.why_not(OP, "cpu") is not None:
         pytest.skip("cpu backend unavailable")
     monkeypatch.setenv("FASTGAN_CT_FWD", path)
@@ -555,7 +557,7 @@ def test_cpu_every_product_path(monkeypatch, path, dtype):
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
     kw = dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), activation="lrelu", negative_slope=0.2,
               gain=1.5, clamp=0.8)
-    for N, cin, cout, H, W in [(3, 5, 7, 6, 5), (2, 17, 3, 9, 4)]:
+    for N, cin, cout, H, W in [(3, 5, 7, 6, 5), (2, 17, 3, 9, 4), (2, 3, 1, 1, 7), (1, 4, 9, 5, 3)]:
         x = torch.randn(N, cin, H, W, dtype=dtype, requires_grad=True)
         w = (torch.randn(cin, cout, 4, 3, dtype=dtype) / 4).requires_grad_()
         b = torch.randn(cout, dtype=dtype, requires_grad=True)
@@ -595,7 +597,8 @@ def test_cpu_path_choice_is_timed_once_and_kept(monkeypatch):
             assert len(mine) == 1, lines
             chosen, timings = re.match(r".*: (\w+) \((.*)\)$", mine[0]).groups()
             times = dict(t.rsplit(" ", 2)[:2] for t in timings.split(", "))
-            assert set(times) == {"gemm", "dnn", "nchw"} and chosen in times, mine[0]
+            candidates = {"gemm", "dnn", "nchw", "direct"} if direction == "fwd" else {"gemm", "dnn", "nchw"}
+            assert set(times) == candidates and chosen in times, mine[0]
             assert float(times[chosen]) == min(float(v) for v in times.values()), mine[0]
         torch.manual_seed(1)
         again = _cpu_fwd_bwd_against_reference(x, w, b, tol, stride=2, padding=1, activation="tanh")

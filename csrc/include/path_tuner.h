@@ -9,9 +9,10 @@
 // ceiling and our GEMM backward lost 15% on the wide layers. No fixed rule held on every
 // machine, and the repository lands on whichever one CI or a user has.
 //
-// Cost: the first call for a key runs every candidate three times (one untimed round for
-// JIT compilation and first-touch page faults, then two interleaved timed rounds; the
-// best time per candidate counts) and then the chosen one once more for the result, so
+// Cost: the first call for a key runs every candidate four times (one untimed round for
+// JIT compilation and first-touch page faults, then three interleaved timed rounds; the
+// best time per candidate counts, since on a shared VM a candidate's time drifts by up to
+// 2x from minute to minute, and the fastest of three interleaved runs is the most stable) and then the chosen one once more for the result, so
 // the result always comes from the recorded choice. Later calls pay one map lookup.
 // Results of different candidates differ in rounding only; for bitwise reproducibility
 // across processes turn tuning off (FASTGAN_CT_TUNE=0 for the transposed convolution).
@@ -42,7 +43,7 @@ class PathTuner {
   int tune(const std::string& key, const std::vector<std::string>& names, const std::function<void(int)>& run) {
     const int n = static_cast<int>(names.size());
     std::vector<double> best(n, 1e300);
-    for (int round = 0; round < 3; ++round) {
+    for (int round = 0; round < 4; ++round) {
       for (int i = 0; i < n; ++i) {
         const auto t0 = std::chrono::steady_clock::now();
         run(i);
