@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from conftest import DEVICE, dtypes, pick, providers, provider_fn, record, run, torch_dtype
 
+import fastgan
 import fastgan.functional as FG
 
 # name, N, C_in, C_out, H_in, k, s, p, activation, gain
@@ -86,5 +87,9 @@ def test_conv_transpose(benchmark, provider, mode, dtype, layer):
         out = run(benchmark, fwdbwd, x, w, b)[0]
         flops *= 3
     assert torch.isfinite(out).all().item()
+    # The CPU kernel's timed path choices for this layer (fastgan.conv_transpose_choices):
+    # kept in the JSON, so a surprising time can be traced to the path that ran.
+    geometry = f"N={N} Cin={cin} Cout={cout} in={H}x{H} "
+    choices = [c for c in fastgan.conv_transpose_choices() if geometry in c] if provider.startswith("fastgan") else []
     record(benchmark, op="conv_transpose", provider=provider, mode=mode, dtype=dtype,
-           shape=(N, cin, cout, H, H, k, s, p), flops=flops, layer=name, activation=act)
+           shape=(N, cin, cout, H, H, k, s, p), flops=flops, layer=name, activation=act, path_choices=choices)
