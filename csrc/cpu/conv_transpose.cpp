@@ -367,127 +367,8 @@ void epilogue_inplace(const Geom& g, T* y, const T* bias, T slope, T gain, T cla
   });
 }
 
-// Direct forward for few output channels (the RGB layer: 64 -> 3). There the GEMM has
-// only C_out*kh*kw rows (48), which MKL runs at a third of its rate, and the library's
-// transposed convolution is slower still; the layer is small enough to compute straight
-// from x, sample by sample, one output phase plane (rh, rw) at a time:
-//   acc[co, rh, rw][t, m] += w[ci, co, a_j, c_l] * x[n, ci, qh0 + t - j, q0 + m - l].
-// Each input channel is first copied into a zero-bordered plane whose row stride the
-// accumulator planes share, so a tap's whole update is ONE contiguous run (a vectorised
-// axpy of about T*W elements) with a constant offset into the padded input: no bounds
-// checks, no wrap-around (the border columns absorb it; accumulator columns m >= M are
-// scratch). One sample's accumulators (C_out x Ho x Wp) stay in L1/L2; the epilogue is
-// applied when they are written out.
-constexpr int64_t kDirectMaxCout = 8;  // the direct forward is a candidate up to this C_out
-
-// ap[c][i] += sum_q wv[c][q] * xs[q][i] for i < len, c < C.
-template <typename T, int C>
-inline void direct_update(int64_t len, const T* const* xs, const T (*wv)[4], T* const* ap) {
-  const T *x0 = xs[0], *x1 = xs[1], *x2 = xs[2], *x3 = xs[3];
-  T w[C][4];
-  T* a[C];
-  for (int c = 0; c < C; ++c) {
-    a[c] = ap[c];
-    for (int q = 0; q < 4; ++q) w[c][q] = wv[c][q];
-  }
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) {
-    const T v0 = x0[i], v1 = x1[i], v2 = x2[i], v3 = x3[i];
-    for (int c = 0; c < C; ++c) a[c][i] += w[c][0] * v0 + w[c][1] * v1 + w[c][2] * v2 + w[c][3] * v3;
-  }
-}
-
-template <typename T, int ACT>
-void forward_direct(const Geom& g, const PhaseTables& pt, const T* x, const T* w, const T* bias, T* y, T slope,
-                    T gain, T clamp) {
-  // Border sizes: the lowest and highest input row / column any tap of any phase reads.
-  int64_t rlo = 0, rhi = 0, clo = 0, chi = 0;
-  for (const HPhase& hp : pt.hph)
-    for (int64_t j : hp.j) { rlo = std::max(rlo, j - hp.qh0); rhi = std::max(rhi, hp.qh0 + hp.T - 1 - (g.H - 1)); }
-  for (const WPhase& ph : pt.wph)
-    for (int64_t t = ph.first; t < ph.first + ph.count; ++t) {
-      clo = std::max(clo, pt.wtaps[t].l - ph.q0);
-      chi = std::max(chi, ph.q0 + ph.M - 1 - (g.W - 1));
-    }
-  const int64_t Wp = g.W + clo + chi, Hp = g.H + rlo + rhi;
-  // Accumulator planes: plane (rh index, rw index) at offset base[...] (T rows of stride Wp).
-  std::vector<int64_t> base;
-  int64_t per_co = 0;
-  for (const HPhase& hp : pt.hph)
-    for (size_t p = 0; p < pt.wph.size(); ++p) { base.push_back(per_co); per_co += hp.T * Wp; }
-  const int64_t kk = g.kh * g.kw, nw = int64_t(pt.wph.size());
-  at::parallel_for(0, g.N, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<T> acc(g.Cout * per_co), xp(Hp * Wp, T(0));
-    std::vector<std::pair<int64_t, int64_t>> taps;
-    for (int64_t n = n0; n < n1; ++n) {
-      std::fill(acc.begin(), acc.end(), T(0));
-      for (int64_t ci = 0; ci < g.Cin; ++ci) {
-        const T* xc = x + (n * g.Cin + ci) * g.HW();
-        for (int64_t ih = 0; ih < g.H; ++ih)
-          std::copy(xc + ih * g.W, xc + (ih + 1) * g.W, xp.data() + (ih + rlo) * Wp + clo);
-        const T* wc = w + ci * g.Cout * kk;
-        for (size_t hi = 0; hi < pt.hph.size(); ++hi) {
-          const HPhase& hp = pt.hph[hi];
-          for (int64_t p = 0; p < nw; ++p) {
-            const WPhase& ph = pt.wph[p];
-            const int64_t len = (hp.T - 1) * Wp + ph.M;
-            // The plane's taps (input offset, weight offset), in groups of four so that
-            // one pass over the accumulators takes four updates (padding the last
-            // group with zero-weight taps).
-            taps.clear();
-            for (size_t jj = 0; jj < hp.j.size(); ++jj)
-              for (int64_t t = ph.first; t < ph.first + ph.count; ++t) {
-                const WTap& wt = pt.wtaps[t];
-                taps.push_back({(hp.qh0 - hp.j[jj] + rlo) * Wp + (ph.q0 - wt.l + clo), hp.a[jj] * g.kw + wt.c});
-              }
-            for (size_t t0 = 0; t0 < taps.size(); t0 += 4) {
-              const T* xs[4];
-              int64_t wo[4];
-              bool live[4];
-              for (int q = 0; q < 4; ++q) {
-                live[q] = t0 + q < taps.size();
-                xs[q] = xp.data() + (live[q] ? taps[t0 + q].first : taps[t0].first);
-                wo[q] = live[q] ? taps[t0 + q].second : 0;
-              }
-              T wv[kDirectMaxCout][4];
-              T* ap[kDirectMaxCout];
-              for (int64_t co = 0; co < g.Cout; ++co) {
-                for (int q = 0; q < 4; ++q) wv[co][q] = live[q] ? wc[co * kk + wo[q]] : T(0);
-                ap[co] = acc.data() + co * per_co + base[hi * nw + p];
-              }
-              // Output channels innermost (a compile-time count): the four input runs are
-              // loaded once for all of them.
-              switch (g.Cout) {
-                case 1: direct_update<T, 1>(len, xs, wv, ap); break;
-                case 2: direct_update<T, 2>(len, xs, wv, ap); break;
-                case 3: direct_update<T, 3>(len, xs, wv, ap); break;
-                case 4: direct_update<T, 4>(len, xs, wv, ap); break;
-                default:
-                  for (int64_t co = 0; co < g.Cout; ++co) direct_update<T, 1>(len, xs, wv + co, ap + co);
-              }
-            }
-          }
-        }
-      }
-      for (int64_t co = 0; co < g.Cout; ++co) {
-        const T bv = bias ? bias[co] : T(0);
-        T* yc = y + (n * g.Cout + co) * g.Ho * g.Wo;
-        for (size_t hi = 0; hi < pt.hph.size(); ++hi) {
-          const HPhase& hp = pt.hph[hi];
-          for (int64_t p = 0; p < nw; ++p) {
-            const WPhase& ph = pt.wph[p];
-            const T* ap = acc.data() + co * per_co + base[hi * nw + p];
-            for (int64_t t = 0; t < hp.T; ++t) {
-              T* yr = yc + (hp.oh0 + t * g.sh) * g.Wo + ph.ow0;
-              for (int64_t m = 0; m < ph.M; ++m)
-                yr[m * g.sw] = fast_epilogue<T, ACT>(ap[t * Wp + m] + bv, slope, gain, clamp);
-            }
-          }
-        }
-      }
-    }
-  });
-}
+// The direct forward for few output channels (forward_direct).
+#include "conv_transpose_direct.h"
 
 template <typename T>
 void dispatch_gather(int64_t act, const Geom& g, const PhaseTables& pt, const T* cp, int64_t ts, int64_t ss,
@@ -717,13 +598,14 @@ void forward_impl(const Geom& g, const at::Tensor& x, const at::Tensor& w, const
 // library's (oneDNN) convolution on channels-last copies ("dnn", see the bridge), or the
 // library's convolution on the NCHW tensors as given ("nchw": exactly the eager layer's
 // calls, with our fused epilogue or grad_pre pass around them); the forward of a layer
-// with few output channels has a fourth, forward_direct ("direct"). Which is fastest
+// with few output channels has a fourth, forward_direct ("direct", conv_transpose_direct.h).
+// Which is fastest
 // depends on the machine as much as on the layer (path_tuner.h), so for every layer large
 // enough to matter the first call times the candidates and keeps the fastest; small
 // layers, and every layer with FASTGAN_CT_TUNE=0, use the fixed rules
 // use_library_forward/backward. FASTGAN_CT_FWD = gemm|dnn|nchw|direct and FASTGAN_CT_BWD =
 // gemm|dnn|nchw force a path where it applies (read at every call, so tests can force
-// each path in turn).
+// each in turn).
 enum Path { kGemm = 0, kLibNhwc = 1, kLibNchw = 2, kDirect = 3 };
 const std::vector<std::string>& path_names() {
   static const std::vector<std::string> names{"gemm", "dnn", "nchw", "direct"};
@@ -834,7 +716,7 @@ at::Tensor forward_chosen(const Geom& g, const at::Tensor& x, const at::Tensor& 
   const int forced = forced_path("FASTGAN_CT_FWD");
   if (g.plain) return forward_path<T>(kGemm, g, x, w, b, act, slope, gain, clamp);
   auto run = [&](int path) { forward_path<T>(path, g, x, w, b, act, slope, gain, clamp); };
-  // The direct kernel is a candidate only for few output channels (see forward_direct).
+  // The direct kernel is a candidate only for few output channels (conv_transpose_direct.h).
   const int candidates = g.Cout <= kDirectMaxCout ? 4 : 3;
   const int path = choose_path(forced, candidates, g, tune_key("fwd", g, x.scalar_type(), act),
                                use_library_forward(g) ? kLibNhwc : kGemm, run);
