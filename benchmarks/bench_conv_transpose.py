@@ -89,7 +89,8 @@ def test_conv_transpose(benchmark, provider, mode, dtype, layer):
     assert torch.isfinite(out).all().item()
     # The CPU kernel's timed path choices for this layer (fastgan.conv_transpose_choices):
     # kept in the JSON, so a surprising time can be traced to the path that ran.
-    geometry = f"N={N} Cin={cin} Cout={cout} in={H}x{H} "
+    compute = "Double" if dt == torch.float64 else "Float"  # half/bfloat16 layers run in float32
+    geometry = f" {compute} N={N} Cin={cin} Cout={cout} in={H}x{H} "
     choices = [c for c in fastgan.conv_transpose_choices() if geometry in c] if provider.startswith("fastgan") else []
     record(benchmark, op="conv_transpose", provider=provider, mode=mode, dtype=dtype,
            shape=(N, cin, cout, H, H, k, s, p), flops=flops, layer=name, activation=act, path_choices=choices)

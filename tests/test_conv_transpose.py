@@ -557,11 +557,19 @@ def test_cpu_every_product_path(monkeypatch, path, dtype):
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
     kw = dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), activation="lrelu", negative_slope=0.2,
               gain=1.5, clamp=0.8)
+    index = ["gemm", "dnn", "nchw", "direct"].index(path)
     for N, cin, cout, H, W in [(3, 5, 7, 6, 5), (2, 17, 3, 9, 4), (2, 3, 1, 1, 7), (1, 4, 9, 5, 3)]:
         x = torch.randn(N, cin, H, W, dtype=dtype, requires_grad=True)
         w = (torch.randn(cin, cout, 4, 3, dtype=dtype) / 4).requires_grad_()
         b = torch.randn(cout, dtype=dtype, requires_grad=True)
+        before = torch.ops.fastgan_C.conv_transpose_path_runs()
         _cpu_fwd_bwd_against_reference(x, w, b, tol, **kw)
+        after = torch.ops.fastgan_C.conv_transpose_path_runs()
+        # the forced path is the one that ran (where it applies)
+        if path != "direct" or cout <= 8:
+            assert after[index] > before[index], (path, before, after)
+        if path != "direct":
+            assert after[4 + index] > before[4 + index], (path, before, after)
         for need in ([x], [w], [x, b]):  # partial output masks
             with backends.use("cpu"):
                 y = FG.conv_transpose2d(x, w, b, **kw)
@@ -573,6 +581,29 @@ def test_cpu_every_product_path(monkeypatch, path, dtype):
                 torch.testing.assert_close(a, e, **tol)
 
 
+def test_cpu_direct_forward_non_finite_like_reference(monkeypatch):
+    """The direct kernel reads zero borders and zero runs for missing taps: an infinite
+    input gives inf (or NaN where +inf and -inf meet) exactly where the reference does, and
+    an infinite weight (which would meet the zero borders) makes it use the GEMM path."""
+    if backends.why_not(OP, "cpu") is not None:
+        pytest.skip("cpu backend unavailable")
+    monkeypatch.setenv("FASTGAN_CT_FWD", "direct")
+    kw = dict(stride=2, padding=1)
+    x = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    x[0, 1, 2, 3] = math.inf
+    x[1, 4, 0, 6] = -math.inf
+    w = torch.rand(5, 3, 3, 3, dtype=torch.float64) + 0.1  # positive: no inf - inf from x; k=3: groups of 1, 2 taps
+    b = torch.randn(3, dtype=torch.float64)
+    for weight in (w, w.clone().index_put_((torch.tensor([2]), torch.tensor([1]), torch.tensor([0]),
+                                            torch.tensor([2])), torch.tensor(math.inf, dtype=torch.float64))):
+        with backends.use("cpu"):
+            y = FG.conv_transpose2d(x, weight, b, **kw)
+        ye = ref.conv_transpose2d(x, weight, b, **kw)
+        assert torch.equal(torch.isnan(y), torch.isnan(ye)) and torch.equal(torch.isinf(y), torch.isinf(ye))
+        torch.testing.assert_close(y, ye, rtol=1e-10, atol=1e-10, equal_nan=True)
+    assert torch.isinf(ye).any()
+
+
 def test_cpu_path_choice_is_timed_once_and_kept(monkeypatch):
     """With the size threshold at 0 every layer's first call times the three paths per
     direction and records the fastest (fastgan.conv_transpose_choices); the result is
@@ -580,8 +611,8 @@ def test_cpu_path_choice_is_timed_once_and_kept(monkeypatch):
     import fastgan
     if backends.why_not(OP, "cpu") is not None:
         pytest.skip("cpu backend unavailable")
-    monkeypatch.delenv("FASTGAN_CT_FWD", raising=False)
-    monkeypatch.delenv("FASTGAN_CT_BWD", raising=False)
+    for var in ("FASTGAN_CT_FWD", "FASTGAN_CT_BWD", "FASTGAN_CT_TUNE", "FASTGAN_CT_TUNE_MIN_MFLOP"):
+        monkeypatch.delenv(var, raising=False)  # the reset below re-reads the environment
     fastgan.reset_conv_transpose_choices(min_mflop=0)
     try:
         x = torch.randn(3, 6, 5, 7, requires_grad=True)

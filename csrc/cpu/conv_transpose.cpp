@@ -24,7 +24,7 @@
 // (grad_pre and grad_b in one fused pass.) Each direction's products can also run on
 // the library's (oneDNN) convolutions, NHWC or NCHW, with our epilogue or grad_pre pass
 // around them; which path is fastest depends on the machine as much as on the layer, so
-// large layers time the three on their first call and keep the fastest (choose_path,
+// large layers time the candidates on their first call and keep the fastest (choose_path,
 // csrc/include/path_tuner.h). Tunables for experiments: FASTGAN_CT_FWD, FASTGAN_CT_BWD,
 // FASTGAN_CT_TUNE, FASTGAN_CT_TUNE_MIN_MFLOP, FASTGAN_CT_CHUNK_KB, FASTGAN_CT_PAR,
 // FASTGAN_CT_GATHER.
@@ -35,6 +35,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -624,19 +625,28 @@ int forced_path(const char* env) {
 // FASTGAN_CT_TUNE=0 turns timing off; FASTGAN_CT_TUNE_MIN_MFLOP sets the smallest layer
 // (2 N C_in C_out H W kh kw, in MFLOP) that is timed: below the default 50 MFLOP (well
 // under a millisecond here) a wrong choice costs little and the rules decide.
+// Atomics: conv_transpose_tuning_reset may change them while other threads run layers.
 struct TuneConfig {
-  bool on = true;
-  double min_flop = 50e6;
-  static TuneConfig from_env() {
-    TuneConfig t;
-    if (const char* e = std::getenv("FASTGAN_CT_TUNE")) t.on = std::string(e) != "0";
-    if (const char* e = std::getenv("FASTGAN_CT_TUNE_MIN_MFLOP")) t.min_flop = std::atof(e) * 1e6;
-    return t;
+  std::atomic<bool> on{true};
+  std::atomic<double> min_flop{50e6};
+  TuneConfig() { load_env(); }
+  void load_env() {
+    const char* t = std::getenv("FASTGAN_CT_TUNE");
+    on = !(t && std::string(t) == "0");
+    const char* m = std::getenv("FASTGAN_CT_TUNE_MIN_MFLOP");
+    min_flop = m ? std::atof(m) * 1e6 : 50e6;
   }
 };
 TuneConfig& tune_config() {
-  static TuneConfig c = TuneConfig::from_env();
+  static TuneConfig c;
   return c;
+}
+
+// How often each path ran, per direction (fwd, bwd) x path: lets tests check that a
+// forced path is the one that ran.
+std::array<std::atomic<int64_t>, 8>& path_runs() {
+  static std::array<std::atomic<int64_t>, 8> runs{};
+  return runs;
 }
 
 PathTuner& tuner() {
@@ -653,14 +663,16 @@ std::string tune_key(const char* dir, const Geom& g, at::ScalarType st, int64_t 
   return buf;
 }
 
-// forced > recorded > timed (large enough layers) > the fixed rule. run(path) computes
-// the direction's outputs by that path; the caller runs the returned path for its result.
+// A forced path that applies wins; otherwise, with tuning on and a layer of at least
+// min_flop, the recorded choice or (first call) the fastest by timing; otherwise the fixed
+// rule. run(path) computes the direction's outputs by that path; the caller runs the
+// returned path for its result.
 template <typename Run>
 int choose_path(int forced, int candidates, const Geom& g, const std::string& key, int rule, Run&& run) {
   if (forced >= 0 && forced < candidates) return forced;
   const TuneConfig& cfg = tune_config();
   const double flop = 2.0 * g.N * g.Cin * g.Cout * g.HW() * g.kh * g.kw;
-  if (!cfg.on || flop < cfg.min_flop) return rule;
+  if (!cfg.on.load() || flop < cfg.min_flop.load()) return rule;
   const int known = tuner().find(key);
   if (known >= 0) return known;
   const std::vector<std::string> names(path_names().begin(), path_names().begin() + candidates);
@@ -714,12 +726,19 @@ template <typename T>
 at::Tensor forward_chosen(const Geom& g, const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
                           int64_t act, double slope, double gain, double clamp) {
   const int forced = forced_path("FASTGAN_CT_FWD");
-  if (g.plain) return forward_path<T>(kGemm, g, x, w, b, act, slope, gain, clamp);
+  if (g.plain) {
+    ++path_runs()[kGemm];
+    return forward_path<T>(kGemm, g, x, w, b, act, slope, gain, clamp);
+  }
   auto run = [&](int path) { forward_path<T>(path, g, x, w, b, act, slope, gain, clamp); };
   // The direct kernel is a candidate only for few output channels (conv_transpose_direct.h).
   const int candidates = g.Cout <= kDirectMaxCout ? 4 : 3;
-  const int path = choose_path(forced, candidates, g, tune_key("fwd", g, x.scalar_type(), act),
-                               use_library_forward(g) ? kLibNhwc : kGemm, run);
+  int path = choose_path(forced, candidates, g, tune_key("fwd", g, x.scalar_type(), act),
+                         use_library_forward(g) ? kLibNhwc : kGemm, run);
+  // The direct kernel also multiplies the weights by zero borders: an infinite weight would
+  // make NaN there where the math has no term at all, so such weights take the GEMM path.
+  if (path == kDirect && !at::isfinite(w).all().item<bool>()) path = kGemm;
+  ++path_runs()[path];
   return forward_path<T>(path, g, x, w, b, act, slope, gain, clamp);
 }
 
@@ -975,7 +994,9 @@ void backward_impl(const Geom& g, const at::Tensor& gy, const at::Tensor& x, con
   const int forced = forced_path("FASTGAN_CT_BWD");
   auto run = [&](int path) { backward_path<T>(path, g, gp, x, w, need_x, need_w, gx, gw); };
   const std::string key = tune_key("bwd", g, x.scalar_type(), int64_t(need_x) + 2 * int64_t(need_w));
-  run(choose_path(forced, 3, g, key, use_library_backward(g) ? kLibNhwc : kGemm, run));
+  const int path = choose_path(forced, 3, g, key, use_library_backward(g) ? kLibNhwc : kGemm, run);
+  ++path_runs()[4 + path];
+  run(path);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose_backward_cpu(
@@ -1018,8 +1039,14 @@ std::string conv_transpose_tuning_report() { return tuner().report(); }
 
 void conv_transpose_tuning_reset(double min_mflop) {
   tuner().clear();
-  tune_config() = TuneConfig::from_env();
+  tune_config().load_env();
   if (min_mflop >= 0) tune_config().min_flop = min_mflop * 1e6;
+}
+
+std::vector<int64_t> conv_transpose_path_runs() {
+  std::vector<int64_t> out;
+  for (const auto& r : path_runs()) out.push_back(r.load());
+  return out;
 }
 
 }  // namespace
@@ -1040,6 +1067,8 @@ TORCH_LIBRARY_FRAGMENT(fastgan_C, m) {
   // and sets the smallest layer, in MFLOP, that gets timed (min_mflop < 0: the default).
   m.def("conv_transpose_tuning_report() -> str", &fastgan::conv_transpose::conv_transpose_tuning_report);
   m.def("conv_transpose_tuning_reset(float min_mflop) -> ()", &fastgan::conv_transpose::conv_transpose_tuning_reset);
+  // How often each path ran: [fwd gemm, dnn, nchw, direct, bwd gemm, dnn, nchw, direct].
+  m.def("conv_transpose_path_runs() -> int[]", &fastgan::conv_transpose::conv_transpose_path_runs);
 }
 
 TORCH_LIBRARY_IMPL(fastgan_C, CPU, m) {

@@ -96,17 +96,18 @@ inline void direct_update_n(int64_t n, int64_t len, const T* const* xs, const T 
 }
 
 // The group of four taps of plane `plane` starting at tap t0: pointers into the bordered
-// x plane and the weight offsets; missing taps of the last group point at the first one
-// with live = false (the caller gives them weight 0).
+// x plane and the weight offsets; missing taps of the last group read `zeros` (a run of
+// zeros at least as long as any tap's) with live = false (the caller gives them weight 0;
+// reading zeros rather than real inputs keeps an infinite input from turning 0 * inf into
+// a NaN the reference does not have).
 template <typename T>
-inline void tap_group(const DirectLayout& L, int64_t plane, size_t t0, const T* src,
+inline void tap_group(const DirectLayout& L, int64_t plane, size_t t0, const T* src, const T* zeros,
                       const T* (&ptr)[kTapGroup], int64_t (&wo)[kTapGroup], bool (&live)[kTapGroup]) {
   const auto& tk = L.taps[plane];
   for (int q = 0; q < kTapGroup; ++q) {
     live[q] = t0 + q < tk.size();
-    const auto& tap = tk[live[q] ? t0 + q : t0];
-    ptr[q] = src + tap.xoff;
-    wo[q] = tap.wo;
+    ptr[q] = live[q] ? src + tk[t0 + q].xoff : zeros;
+    wo[q] = live[q] ? tk[t0 + q].wo : 0;
   }
 }
 
@@ -122,7 +123,7 @@ void forward_direct(const Geom& g, const PhaseTables& pt, const T* x, const T* w
   const DirectLayout L(g, pt);
   const int64_t kk = g.kh * g.kw, nw = int64_t(pt.wph.size());
   at::parallel_for(0, g.N, 1, [&](int64_t n0, int64_t n1) {
-    std::vector<T> acc(g.Cout * L.per_co), xp(L.Hp * L.Wp, T(0));
+    std::vector<T> acc(g.Cout * L.per_co), xp(L.Hp * L.Wp, T(0)), zeros(L.Hp * L.Wp, T(0));
     for (int64_t n = n0; n < n1; ++n) {
       std::fill(acc.begin(), acc.end(), T(0));
       for (int64_t ci = 0; ci < g.Cin; ++ci) {
@@ -135,7 +136,7 @@ void forward_direct(const Geom& g, const PhaseTables& pt, const T* x, const T* w
               const T* xs[kTapGroup];
               int64_t wo[kTapGroup];
               bool live[kTapGroup];
-              tap_group(L, k, t0, xp.data(), xs, wo, live);
+              tap_group(L, k, t0, xp.data(), zeros.data(), xs, wo, live);
               T wv[kDirectMaxCout][kTapGroup];
               T* ap[kDirectMaxCout];
               for (int64_t co = 0; co < g.Cout; ++co) {
