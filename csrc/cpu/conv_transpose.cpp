@@ -155,13 +155,25 @@ Geom make_geom(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef stride,
   return g;
 }
 
+// Items per chunk, at most `max_per`, so that the chunks split evenly over the threads:
+// chunks run one per thread in order (at::parallel_for hands each thread a contiguous
+// range), so 7 chunks of 10 samples on 2 threads gave one core 40 samples and the other
+// 24. Rounding the chunk count up to a multiple of the thread count (8 chunks of 8)
+// keeps every core busy until the end.
+int64_t balanced_chunk(int64_t total, int64_t max_per, int64_t threads) {
+  max_per = std::max<int64_t>(1, std::min(total, max_per));
+  int64_t nchunks = (total + max_per - 1) / max_per;
+  if (threads > 1 && nchunks >= threads) nchunks = (nchunks + threads - 1) / threads * threads;
+  return std::max<int64_t>(1, (total + nchunks - 1) / nchunks);
+}
+
 // Samples per chunk: keep the cols block around `budget` bytes (env FASTGAN_CT_CHUNK_KB
-// overrides, for tuning), at least one sample.
+// overrides, for tuning), at least one sample, balanced over the threads.
 int64_t chunk_samples(const Geom& g, int64_t elem) {
   int64_t budget = 2 << 20;
   if (const char* env = std::getenv("FASTGAN_CT_CHUNK_KB")) budget = std::max<int64_t>(1, std::atoll(env)) << 10;
   int64_t per = g.Cokk() * g.HW() * elem;
-  return std::max<int64_t>(1, std::min<int64_t>(g.N, budget / std::max<int64_t>(per, 1)));
+  return balanced_chunk(g.N, budget / std::max<int64_t>(per, 1), at::get_num_threads());
 }
 
 // x [N, Cin, H, W] -> X [Cin, N*H*W] (channel-major, so the whole batch is one GEMM).
@@ -390,7 +402,7 @@ int64_t chunk_channels(const Geom& g, int64_t elem) {
   int64_t budget = 2 << 20;
   if (const char* env = std::getenv("FASTGAN_CT_CHUNK_KB")) budget = std::max<int64_t>(1, std::atoll(env)) << 10;
   const int64_t per = g.kh * g.kw * g.N * g.HW() * elem;
-  return std::max<int64_t>(1, std::min<int64_t>(g.Cout, budget / std::max<int64_t>(per, 1)));
+  return balanced_chunk(g.Cout, budget / std::max<int64_t>(per, 1), at::get_num_threads());
 }
 
 // Backward GEMMs vs the library: measured on the 2-core Xeon this was tuned on, oneDNN's
