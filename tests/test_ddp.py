@@ -11,6 +11,7 @@ the only difference is the order of floating-point additions (hence allclose).
 """
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -61,7 +62,7 @@ def _rank_slice(rank):
     return slice(rank * PER_RANK, (rank + 1) * PER_RANK)
 
 
-def _worker(rank, port, out_path):
+def _worker(rank, port, out_dir):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
@@ -83,17 +84,19 @@ def _worker(rank, port, out_path):
                 opt.zero_grad(set_to_none=True)
                 LAZY_R1(model, real[sl]).backward()
                 opt.step()
-        if rank == 0:
-            torch.save({"state": critic.state_dict(), "losses": losses}, out_path)
         dist.barrier()  # both ranks are done with gloo before either leaves
+        # Each rank writes its own result (atomically: write, then rename) only once all
+        # collectives are over; the test compares both ranks with the single process.
+        tmp = f"{out_dir}/rank{rank}.tmp"
+        torch.save({"state": critic.state_dict(), "losses": losses}, tmp)
+        os.replace(tmp, f"{out_dir}/rank{rank}.pt")
         ok = True
     finally:
-        if not ok:  # a failure: tear down normally so the traceback reaches mp.spawn
+        if not ok:  # a failure: tear down normally so the traceback reaches the parent
             dist.destroy_process_group()
     # Success: leave without tearing gloo down and without the interpreter's exit-time
-    # C++ destructors. Gloo's threads occasionally abort there ("terminate called without
-    # an active exception", seen in CI after all the work was done); the result is on
-    # disk and what this test checks is the math, not gloo's shutdown.
+    # C++ destructors. Gloo's threads occasionally abort at shutdown ("terminate called
+    # without an active exception", seen twice in CI after all the work was done).
     os._exit(0)
 
 
@@ -125,9 +128,22 @@ def _single_process(per_rank=True):
 def test_ddp_two_processes_match_one_process(tmp_path, monkeypatch):
     if os.path.isdir("/sys/class/net/lo"):
         monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # stay on the loopback interface
-    out = tmp_path / "ddp_rank0.pt"
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    result = torch.load(out)
+    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD,
+                             join=False, start_method="spawn")
+    try:
+        while not ctx.join(timeout=300, grace_period=60):
+            pass
+    except mp.ProcessExitedException as exc:
+        # A rank that died by a signal after it wrote its result finished every collective
+        # (the result is written after the final barrier): that is gloo's teardown, not the
+        # computation under test. Any other failure (an exception, a death before the
+        # result) fails the test. The remaining rank is joined by start_processes' cleanup.
+        done = all((tmp_path / f"rank{r}.pt").exists() for r in range(WORLD))
+        if exc.signal_name is None or not done:
+            raise
+        warnings.warn(f"ignored gloo teardown crash after the work was done: {exc}")
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    result = results[0]
     want = _single_process()
     start = make_critic().state_dict()
     # Every parameter but the last bias moves (its gradient is exactly 0: it cancels in
@@ -136,7 +152,9 @@ def test_ddp_two_processes_match_one_process(tmp_path, monkeypatch):
     assert moved == set(want) - {"6.bias"}, moved
     for name, value in want.items():
         torch.testing.assert_close(result["state"][name], value, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")
-    assert all(torch.isfinite(torch.tensor(result["losses"])))
+    for name, value in want.items():  # DDP keeps the replicas identical
+        torch.testing.assert_close(results[1]["state"][name], value, rtol=1e-10, atol=1e-12)
+    assert all(torch.isfinite(torch.tensor(r["losses"])).all() for r in results)
     # The per-rank grouping matters: one batch of 8 gives other parameters.
     other = _single_process(per_rank=False)
     assert any(not torch.allclose(other[k], want[k], rtol=1e-8, atol=1e-10) for k in want)
