@@ -40,21 +40,30 @@ def main(argv=None):
     train_mod.add_arguments(sub.add_parser("train", help="train a WGAN-GP on a bundled real data set"))
     bench = sub.add_parser("bench", help="run the benchmark suite (from a source checkout)")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for benchmarks/run.py")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"] and not {"-h", "--help"} & set(argv[1:2]):
+        # Everything after "bench" goes to benchmarks/run.py verbatim (argparse's REMAINDER
+        # refuses a first argument that starts with "--", e.g. "bench --quick").
+        return _bench(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "info":
         return info(args)
     if args.command == "train":
         return train_mod.main(args)
     if args.command == "bench":
-        import os
-        import subprocess
-        runner = os.path.join(os.getcwd(), "benchmarks", "run.py")
-        if not os.path.exists(runner):
-            print("python -m fastgan bench runs benchmarks/run.py from a source checkout; "
-                  f"none found under {os.getcwd()}", file=sys.stderr)
-            return 2
-        return subprocess.call([sys.executable, runner] + args.rest)
+        return _bench(args.rest)
     return 2
+
+
+def _bench(rest):
+    import os
+    import subprocess
+    runner = os.path.join(os.getcwd(), "benchmarks", "run.py")
+    if not os.path.exists(runner):
+        print("python -m fastgan bench runs benchmarks/run.py from a source checkout; "
+              f"none found under {os.getcwd()}", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, runner] + list(rest))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser):
     d = DEFAULTS
     parser.description = ("Train a DCGAN-style WGAN-GP (fastgan ConvTranspose2d generator, critic "
                           "ending in MinibatchStdDev) on a bundled real data set and write "
-                          "samples.png, real.png, losses.png and metrics.json into --out.")
+                          "samples.png, real.png, losses.png, metrics.json and generator.pt into --out.")
     parser.add_argument("--dataset", default="digits", choices=DATASETS,
                         help="bundled data set (digits: scikit-learn's 1,797 handwritten 8x8 scans, "
                              "resized to --size)")
@@ -371,7 +371,7 @@ def _train(args, device, images, t_main) -> int:
     bad = [k for k in ("loss_d", "loss_g", "gp") if not math.isfinite(metrics[k])]
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    print(f"wrote {args.out}/samples.png, real.png, losses.png, metrics.json "
+    print(f"wrote {args.out}/samples.png, real.png, losses.png, metrics.json, generator.pt "
           f"({metrics['seconds_per_step'] * 1e3:.1f} ms/step, {train_seconds:.1f} s training, "
           f"{metrics['total_seconds']:.1f} s in all)")
     if bad:

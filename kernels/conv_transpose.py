@@ -81,7 +81,7 @@ def _configs(table):
 def _epilogue(v, ACT: tl.constexpr, negative_slope, gain, clamp, HAS_CLAMP: tl.constexpr):
     """act(v) * gain, then clamp to [-clamp, clamp]; v is float32 (acc + bias)."""
     if ACT == 1:  # relu
-        v = tl.maximum(v, 0.0)
+        v = tl.where(v < 0.0, 0.0, v)  # NaN stays NaN, as torch.relu (tl.maximum may drop it)
     elif ACT == 2:  # leaky relu
         v = tl.where(v >= 0.0, v, v * negative_slope)
     elif ACT == 3:  # tanh = sign(v) * (1 - e) / (1 + e), e = exp(-2|v|): no overflow
@@ -93,7 +93,7 @@ def _epilogue(v, ACT: tl.constexpr, negative_slope, gain, clamp, HAS_CLAMP: tl.c
         v = tl.where(v >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
     v = v * gain
     if HAS_CLAMP:
-        v = tl.minimum(tl.maximum(v, -clamp), clamp)
+        v = tl.where(v < -clamp, -clamp, tl.where(v > clamp, clamp, v))  # NaN stays NaN
     return v
 
 

@@ -171,6 +171,21 @@ def test_run_py_builds_the_pytest_command(tmp_path):
     assert cmd[-2:] == ["-k", "fwd"]
 
 
+def test_python_m_fastgan_bench_passes_options_through(monkeypatch):
+    """`python -m fastgan bench --quick --out DIR` (as the README writes it) hands every
+    argument to benchmarks/run.py unchanged, options first included."""
+    import fastgan.__main__ as cli
+    calls = []
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    assert cli.main(["bench", "--quick", "--out", "somewhere", "--", "-k", "fwd"]) == 0
+    assert calls == [[sys.executable, os.path.join(ROOT, "benchmarks", "run.py"),
+                      "--quick", "--out", "somewhere", "--", "-k", "fwd"]]
+    proc = subprocess.run([sys.executable, "-m", "fastgan", "bench", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "benchmarks/run.py" in proc.stdout, proc.stderr
+
+
 @pytest.fixture(scope="module")
 def bench_conftest():
     return _load("fastgan_bench_conftest", os.path.join(BENCH, "conftest.py"))

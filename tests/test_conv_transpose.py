@@ -604,6 +604,29 @@ def test_cpu_direct_forward_non_finite_like_reference(monkeypatch):
     assert torch.isinf(ye).any()
 
 
+@pytest.mark.parametrize("backend", backend_params(OP))
+def test_nan_and_inf_inputs_propagate_like_the_reference(backend):
+    """A NaN or an infinity in the input reaches the output as it does in eager PyTorch:
+    relu and the clamp keep NaN (a max(v, 0) written as v > 0 ? v : 0 would turn it into
+    0 and hide a diverging run), every activation with and without a clamp."""
+    dtype = _dtype_for(backend)
+    x = torch.randn(2, 3, 4, 5, dtype=dtype)
+    x[0, 1, 2, 3] = math.nan
+    x[1, 0, 0, 4] = math.inf
+    x[1, 2, 3, 0] = -math.inf
+    w = torch.randn(3, 4, 4, 4, dtype=dtype)
+    b = torch.randn(4, dtype=dtype)
+    for act in ACTS:
+        for clamp in (None, 0.7):
+            kw = dict(activation=act, gain=1.3, clamp=clamp)
+            with backends.use(backend):
+                y = FG.conv_transpose2d(x, w, b, 2, 1, **kw)
+            ye = ref.conv_transpose2d(x, w, b, 2, 1, **kw)
+            assert torch.isnan(ye).any(), "the case must reach the output"
+            assert torch.equal(torch.isnan(y), torch.isnan(ye)), f"{act} clamp={clamp}"
+            torch.testing.assert_close(y, ye, **_tol(dtype), equal_nan=True, msg=f"{act} clamp={clamp}")
+
+
 def test_cpu_path_choice_is_timed_once_and_kept(monkeypatch):
     """With the size threshold at 0 every layer's first call times the three paths per
     direction and records the fastest (fastgan.conv_transpose_choices); the result is

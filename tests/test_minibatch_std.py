@@ -197,6 +197,22 @@ def test_eps_is_inside_the_root(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_and_inf_inputs_give_nan_statistics_like_the_reference(backend):
+    """A NaN or an infinity in a group makes that group's statistic NaN, as in the
+    reference; the other groups stay finite. (Clamping a rounded-negative variance must not
+    turn NaN into 0: that would hide a diverging run behind a finite statistic.)"""
+    for bad in (math.nan, math.inf, -math.inf):
+        x = torch.randn(8, 5, 3, 4, dtype=torch.float64 if backend != "triton" else torch.float32)
+        _skip_unless_runs(backend, x)
+        x[1, 2, 1, 3] = bad  # group size 4, 2 groups: sample 1 is in group 1 (members 1, 3, 5, 7)
+        with backends.use(backend):
+            y = minibatch_stddev(x, 4, 1, 1e-8)
+        ye = ref.minibatch_std(x, 4, 1, 1e-8)
+        assert torch.isnan(ye[1::2, 5]).all() and torch.isfinite(ye[0::2, 5]).all()
+        torch.testing.assert_close(y, ye, equal_nan=True, msg=f"input {bad}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_layouts_give_the_contiguous_result(backend):
     x = torch.randn(6, 10, 5, 7)
     _skip_unless_runs(backend, x)

@@ -193,7 +193,8 @@ inline float tile_rsqrt<float>(const float* __restrict__ var, float eps, int64_t
   __m512 acc = _mm512_setzero_ps();
   int64_t t = 0;
   for (; t + 16 <= n; t += 16) {
-    const __m512 v = _mm512_add_ps(_mm512_max_ps(_mm512_loadu_ps(var + t), vzero), veps);
+    // max(0, var): on a NaN operand MAXPS returns its second one, so a NaN var stays NaN
+    const __m512 v = _mm512_add_ps(_mm512_max_ps(vzero, _mm512_loadu_ps(var + t)), veps);
     __m512 r = _mm512_rsqrt14_ps(v);
     // Newton: r <- r * (1.5 - 0.5 * v * r * r)
     const __m512 hvr = _mm512_mul_ps(_mm512_mul_ps(half, v), r);

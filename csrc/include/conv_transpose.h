@@ -30,7 +30,7 @@ FASTGAN_HD double ct_exp(double v) { return exp(v); }
 template <typename T>
 FASTGAN_HD T act_forward(T v, int act, T slope) {
   switch (act) {
-    case kRelu: return v > T(0) ? v : T(0);
+    case kRelu: return v < T(0) ? T(0) : v;  // NaN stays NaN, as in torch.relu
     case kLrelu: return v > T(0) ? v : v * slope;
     case kTanh: return ct_tanh(v);
     case kSigmoid: return T(1) / (T(1) + ct_exp(-v));
@@ -54,7 +54,7 @@ FASTGAN_HD T act_grad_from_output(T t, int act, T slope, T gain, T clamp) {
   if (gain == T(0)) return T(0);
   if (clamp >= T(0) && !(t <= clamp && t >= -clamp)) return T(0);
   switch (act) {
-    case kRelu: return (t * gain > T(0)) ? gain : T(0);
+    case kRelu: return (t * gain <= T(0)) ? T(0) : gain;  // NaN passes, as in threshold_backward
     case kLrelu: return (t * gain > T(0)) ? gain : slope * gain;
     case kTanh: { T s = t / gain; return (T(1) - s * s) * gain; }
     case kSigmoid: { T s = t / gain; return s * (T(1) - s) * gain; }
@@ -68,7 +68,7 @@ template <typename T>
 FASTGAN_HD T act_grad_from_pre(T v, int act, T slope, T gain, T clamp) {
   T d;
   switch (act) {
-    case kRelu: d = v > T(0) ? T(1) : T(0); break;
+    case kRelu: d = v <= T(0) ? T(0) : T(1); break;
     case kLrelu: d = v > T(0) ? T(1) : slope; break;
     case kTanh: { T s = ct_tanh(v); d = T(1) - s * s; break; }
     case kSigmoid: { T s = T(1) / (T(1) + ct_exp(-v)); d = s * (T(1) - s); break; }

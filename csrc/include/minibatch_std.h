@@ -38,11 +38,12 @@ FASTGAN_HD int64_t stat_offset(int64_t g, int64_t m, int64_t f, int64_t M, int64
   return ((g * M + m) * (C + F) + C + f) * HW;
 }
 
-// sqrt(var + eps) with eps inside the root (never sqrt(var) + eps). var >= 0 is clamped
-// because a one-pass formula can round it slightly negative.
+// sqrt(var + eps) with eps inside the root (never sqrt(var) + eps). A negative var is
+// clamped to 0 because a one-pass formula can round it slightly negative; a NaN var (NaN
+// or inf in the group) stays NaN, as in the reference.
 template <typename acc_t>
 FASTGAN_HD acc_t group_std(acc_t var, acc_t eps) {
-  return sqrt((var > acc_t(0) ? var : acc_t(0)) + eps);
+  return sqrt((var < acc_t(0) ? acc_t(0) : var) + eps);
 }
 
 // One-pass moments with a shift (the first member's value): numerically safe because
