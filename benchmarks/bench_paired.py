@@ -12,7 +12,8 @@ bandwidth fastgan reaches.
 
 CPU only (the GPU run measures its own providers). Cases: minibatch_std (64,256,8,8)
 and the largest shape, grad_norm (32,3,256,256), the five DCGAN generator layers and
-the WGAN-GP critic step at 32 and 64 pixels, forward + backward.
+the WGAN-GP critic step at 32 and 64 pixels, forward + backward, and one full training
+step of the digits models (bench_train_step.py).
 """
 import math
 import statistics
@@ -25,6 +26,7 @@ import bench_conv_transpose as ct
 import bench_critic_step as cs
 import bench_grad_norm as gn
 import bench_minibatch_std as mb
+import bench_train_step as ts
 from conftest import DEVICE, QUICK, provider_fn
 
 pytestmark = pytest.mark.skipif(DEVICE != "cpu", reason="paired measurements are for the CPU run")
@@ -79,6 +81,10 @@ def _critic(size):
     return make, None
 
 
+def _train_step():
+    return ts.make_step, None
+
+
 # (case id, op, shape, builder, baselines, rounds)
 CASES = [
     ("minibatch_std-64x256x8x8", "minibatch_std", (64, 256, 8, 8), lambda: _minibatch((64, 256, 8, 8)),
@@ -93,6 +99,8 @@ CASES = [
 ] + [
     (f"critic_step-{size}", "critic_step", (cs.BATCH, 3, size, size), (lambda size=size: _critic(size)),
      ("eager",), 5) for size in cs.SIZES
+] + [
+    ("train_step-digits", "train_step", (ts.BATCH, 1, ts.SIZE, ts.SIZE), _train_step, ("eager",), 15),
 ]
 if QUICK:
     CASES = [c for c in CASES if c[0] in ("minibatch_std-64x256x8x8", "grad_norm-32x3x256x256")]
